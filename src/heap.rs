@@ -1,0 +1,509 @@
+//! A heap: the segments one owner carves pages from, a queue of pages per (domain, class), and
+//! the owner's counters. The owner is one thread (a RAW heap) or whoever holds the GIL (the GIL
+//! heap, serving MEM and OBJ); only the owner touches anything but `remote`.
+//!
+//! Blocks freed by anyone else are pushed onto `remote`, a lock-free stack, and the owner takes
+//! the whole stack with one swap on its next slow path. The fast paths below are a free-list pop
+//! or push, a `used` count and one counter; everything else is `#[cold]`.
+//!
+//! Page queue invariant: a small page is in the queue of its (domain, class) iff `!full`; the
+//! first page of a queue is where allocation happens. A page whose last block is freed goes back
+//! to its segment unless it is the only page of its queue (kept, so a malloc/free pair at an
+//! empty class does not map and unmap a page each time).
+
+use crate::segment::{
+    self, extend_free_list, huge_alloc, huge_resize, init_small_page, page_of, segment_of, Page,
+    PageKind, SegmentHeader, SegmentKind, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE,
+};
+use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
+use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
+use core::ptr::{self, null_mut};
+use core::sync::atomic::{AtomicPtr, Ordering::*};
+
+/// Empty segments a heap keeps mapped for reuse before unmapping further ones.
+pub const EMPTY_SEGMENTS_KEPT: u32 = 4;
+
+#[derive(Clone, Copy)]
+pub struct PageQueue {
+    pub first: *mut Page,
+    pub last: *mut Page,
+}
+
+#[repr(C)]
+pub struct Heap {
+    /// Page queues, indexed `domain * NUM_CLASSES + class`.
+    pub queues: [PageQueue; DOMAINS * NUM_CLASSES],
+    /// Segments that have at least one free page (doubly linked through the headers).
+    pub segments: *mut SegmentHeader,
+    /// How many of those are entirely empty.
+    pub empty_segments: u32,
+    /// Blocks of this heap freed by others: a stack linked through each block's first word.
+    pub remote: AtomicPtr<u8>,
+    pub counters: Counters,
+}
+
+impl Heap {
+    pub const fn new() -> Heap {
+        Heap {
+            queues: [PageQueue { first: null_mut(), last: null_mut() }; DOMAINS * NUM_CLASSES],
+            segments: null_mut(),
+            empty_segments: 0,
+            remote: AtomicPtr::new(null_mut()),
+            counters: Counters::new(),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
+    ptr::addr_of_mut!((*h).queues[domain * NUM_CLASSES + class])
+}
+
+/// Allocate `size` bytes for `domain` from heap `h`. Null if the OS refuses memory.
+///
+/// # Safety
+/// The caller is `h`'s owner (see the module doc) and `domain < DOMAINS`.
+#[inline(always)]
+pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+    if size <= SMALL_MAX {
+        let class = SizeClass::of(size).index();
+        let page = (*queue(h, domain, class)).first;
+        if !page.is_null() {
+            let block = (*page).free;
+            if !block.is_null() {
+                (*page).free = *(block as *mut *mut u8);
+                (*page).used += 1;
+                (*h).counters.allocs[domain][class].add(1);
+                return block;
+            }
+        }
+        return alloc_small_slow(h, class, domain);
+    }
+    alloc_large(h, size, domain)
+}
+
+/// `alloc` of `n * size` zeroed bytes; null on overflow.
+///
+/// # Safety
+/// As for `alloc`.
+pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -> *mut u8 {
+    let Some(total) = n.checked_mul(size) else { return null_mut() };
+    if total > LARGE_MAX {
+        return alloc_huge(h, total, domain); // a fresh mapping reads as zeros
+    }
+    let p = alloc(h, total, domain);
+    if !p.is_null() {
+        ptr::write_bytes(p, 0, total);
+    }
+    p
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
+    collect_remote(h);
+    let q = queue(h, domain, class);
+    loop {
+        let page = (*q).first;
+        if page.is_null() {
+            break;
+        }
+        if !(*page).free.is_null() || extend_free_list(page) {
+            return pop(h, page, class, domain);
+        }
+        queue_remove(q, page);
+        (*page).full = true;
+    }
+    let page = take_pages(h, 1);
+    if page.is_null() {
+        return null_mut();
+    }
+    init_small_page(page, SizeClass(class as u8), domain as u8);
+    queue_push_front(q, page);
+    extend_free_list(page);
+    pop(h, page, class, domain)
+}
+
+#[inline(always)]
+unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mut u8 {
+    let block = (*page).free;
+    (*page).free = *(block as *mut *mut u8);
+    (*page).used += 1;
+    (*h).counters.allocs[domain][class].add(1);
+    block
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+    if size > LARGE_MAX {
+        return alloc_huge(h, size, domain);
+    }
+    collect_remote(h);
+    let count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
+    let page = take_pages(h, count);
+    if page.is_null() {
+        return null_mut();
+    }
+    let rounded = segment::huge_rounded(size);
+    (*page).kind = PageKind::Large;
+    (*page).block_size = rounded as u32;
+    (*page).used = 1;
+    (*page).domain = domain as u8;
+    (*page).class = 0;
+    (*page).full = false;
+    (*h).counters.allocs[domain][LARGE_SLOT].add(1);
+    (*h).counters.large_bytes_allocated[domain].add(rounded as u64);
+    (*page).start
+}
+
+unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+    if size > isize::MAX as usize {
+        return null_mut();
+    }
+    let p = huge_alloc(size, domain as u8);
+    if !p.is_null() {
+        (*h).counters.allocs[domain][LARGE_SLOT].add(1);
+        (*h).counters.large_bytes_allocated[domain].add(segment::huge_rounded(size) as u64);
+    }
+    p
+}
+
+/// Take `count` contiguous free pages from one of the heap's segments, mapping a new segment
+/// if none has room.
+unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
+    let mut seg = (*h).segments;
+    while !seg.is_null() {
+        let was_empty = (*seg).used_pages == 0;
+        let page = segment::take_pages(seg, count);
+        if !page.is_null() {
+            if was_empty {
+                (*h).empty_segments -= 1;
+            }
+            if (*seg).free_pages == 0 {
+                segment_list_remove(h, seg);
+            }
+            return page;
+        }
+        seg = (*seg).next;
+    }
+    let seg = segment::new_segment(h);
+    if seg.is_null() {
+        return null_mut();
+    }
+    segment_list_push(h, seg);
+    let page = segment::take_pages(seg, count);
+    debug_assert!(!page.is_null());
+    page
+}
+
+/// Free a block of ours, counting it on `h`, the caller's heap: locally if `h` owns it, else
+/// onto its owner's remote stack.
+///
+/// # Safety
+/// `p` is a live block of ours (`segment_map::owns(p)`), and the caller is `h`'s owner.
+#[inline(always)]
+pub unsafe fn free(h: *mut Heap, p: *mut u8) {
+    let seg = segment_of(p);
+    let page = page_of(p);
+    // A huge segment's owner is null, so `page` (inside the huge block) is never read for it.
+    if (*seg).owner == h && (*page).kind == PageKind::Small {
+        let (domain, class) = ((*page).domain as usize, (*page).class as usize);
+        (*h).counters.frees[domain][class].add(1);
+        *(p as *mut *mut u8) = (*page).free;
+        (*page).free = p;
+        (*page).used -= 1;
+        if (*page).used == 0 || (*page).full {
+            page_became_free_or_unfull(h, page);
+        }
+        return;
+    }
+    free_slow(h, seg, page, p);
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *mut u8) {
+    if (*seg).kind == SegmentKind::Huge {
+        let domain = (*seg).huge_domain as usize;
+        (*h).counters.frees[domain][LARGE_SLOT].add(1);
+        (*h).counters.large_bytes_freed[domain].add((*seg).huge_size as u64);
+        segment::release_segment(seg);
+        return;
+    }
+    count_free(h, page);
+    let owner = (*seg).owner;
+    if owner == h {
+        free_local_uncounted(h, page, p);
+    } else {
+        push_remote(owner, p);
+    }
+}
+
+#[inline]
+unsafe fn count_free(h: *mut Heap, page: *mut Page) {
+    let domain = (*page).domain as usize;
+    if (*page).kind == PageKind::Small {
+        (*h).counters.frees[domain][(*page).class as usize].add(1);
+    } else {
+        (*h).counters.frees[domain][LARGE_SLOT].add(1);
+        (*h).counters.large_bytes_freed[domain].add((*page).block_size as u64);
+    }
+}
+
+/// Push `p` onto `owner`'s remote-free stack. Any thread may call this.
+///
+/// # Safety
+/// `p` is a live block of a page of `owner`, no longer used by the caller.
+pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
+    let remote = &(*owner).remote;
+    let mut head = remote.load(Relaxed);
+    loop {
+        *(p as *mut *mut u8) = head;
+        match remote.compare_exchange_weak(head, p, Release, Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Free, without counting (it was counted by whoever called free), every block others freed
+/// into `h`.
+///
+/// # Safety
+/// The caller is `h`'s owner.
+pub unsafe fn collect_remote(h: *mut Heap) {
+    if (*h).remote.load(Relaxed).is_null() {
+        return;
+    }
+    let mut b = (*h).remote.swap(null_mut(), Acquire);
+    while !b.is_null() {
+        let next = *(b as *mut *mut u8);
+        free_local_uncounted(h, page_of(b), b);
+        b = next;
+    }
+}
+
+unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
+    if (*page).kind == PageKind::Small {
+        *(p as *mut *mut u8) = (*page).free;
+        (*page).free = p;
+        (*page).used -= 1;
+        if (*page).used == 0 || (*page).full {
+            page_became_free_or_unfull(h, page);
+        }
+    } else {
+        release_pages(h, page);
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
+    let q = queue(h, (*page).domain as usize, (*page).class as usize);
+    if (*page).full {
+        (*page).full = false;
+        queue_push_back(q, page);
+    }
+    if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
+        queue_remove(q, page);
+        release_pages(h, page);
+    }
+}
+
+/// Give a page (or a large span) back to its segment; unmap the segment if it is empty and the
+/// heap already keeps enough empty ones.
+unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
+    let seg = segment_of(page as *const u8);
+    let empty = segment::return_pages(page);
+    if !(*seg).in_list {
+        segment_list_push(h, seg);
+    }
+    if empty {
+        if (*h).empty_segments >= EMPTY_SEGMENTS_KEPT {
+            segment_list_remove(h, seg);
+            segment::release_segment(seg);
+        } else {
+            (*h).empty_segments += 1;
+        }
+    }
+}
+
+/// Resize a block of ours, in place where it can, else by moving it (the new block is
+/// allocated in `domain`). Null on failure, with `p` left intact.
+///
+/// # Safety
+/// As for `free`.
+pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *mut u8 {
+    if size > isize::MAX as usize {
+        return null_mut();
+    }
+    let seg = segment_of(p);
+    let old_size;
+    if (*seg).kind == SegmentKind::Huge {
+        old_size = (*seg).huge_size;
+        if size > LARGE_MAX {
+            let d = (*seg).huge_domain as usize;
+            let q = huge_resize(seg, size);
+            if !q.is_null() {
+                let seg = segment_of(q);
+                (*h).counters.large_bytes_freed[d].add(old_size as u64);
+                (*h).counters.large_bytes_allocated[d].add((*seg).huge_size as u64);
+            }
+            return q;
+        }
+    } else {
+        let page = page_of(p);
+        old_size = (*page).block_size as usize;
+        if (*page).kind == PageKind::Small {
+            // Same block if the request still fits and would not fit a class half the size.
+            if size <= old_size && size.max(8) * 2 >= old_size {
+                return p;
+            }
+        } else if size > SMALL_MAX && size <= LARGE_MAX {
+            let capacity = (*page).span as usize * PAGE_SIZE;
+            let fits = size <= capacity && size * 2 >= old_size;
+            let grown = !fits && size > capacity && (*seg).owner == h && {
+                let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
+                segment::extend_span(page, extra)
+            };
+            if fits || grown {
+                let d = (*page).domain as usize;
+                let rounded = segment::huge_rounded(size);
+                (*h).counters.large_bytes_freed[d].add(old_size as u64);
+                (*h).counters.large_bytes_allocated[d].add(rounded as u64);
+                (*page).block_size = rounded as u32;
+                return p;
+            }
+        }
+    }
+    let q = alloc(h, size, domain);
+    if q.is_null() {
+        return null_mut();
+    }
+    ptr::copy_nonoverlapping(p, q, old_size.min(size));
+    free(h, p);
+    q
+}
+
+/// The usable size of a block of ours.
+///
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    let seg = segment_of(p);
+    if (*seg).kind == SegmentKind::Huge {
+        (*seg).huge_size
+    } else {
+        (*page_of(p)).block_size as usize
+    }
+}
+
+unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
+    (*page).prev = null_mut();
+    (*page).next = (*q).first;
+    if (*q).first.is_null() {
+        (*q).last = page;
+    } else {
+        (*(*q).first).prev = page;
+    }
+    (*q).first = page;
+}
+
+unsafe fn queue_push_back(q: *mut PageQueue, page: *mut Page) {
+    (*page).next = null_mut();
+    (*page).prev = (*q).last;
+    if (*q).last.is_null() {
+        (*q).first = page;
+    } else {
+        (*(*q).last).next = page;
+    }
+    (*q).last = page;
+}
+
+unsafe fn queue_remove(q: *mut PageQueue, page: *mut Page) {
+    let (prev, next) = ((*page).prev, (*page).next);
+    if prev.is_null() {
+        (*q).first = next;
+    } else {
+        (*prev).next = next;
+    }
+    if next.is_null() {
+        (*q).last = prev;
+    } else {
+        (*next).prev = prev;
+    }
+    (*page).prev = null_mut();
+    (*page).next = null_mut();
+}
+
+unsafe fn segment_list_push(h: *mut Heap, seg: *mut SegmentHeader) {
+    (*seg).prev = null_mut();
+    (*seg).next = (*h).segments;
+    if !(*h).segments.is_null() {
+        (*(*h).segments).prev = seg;
+    }
+    (*h).segments = seg;
+    (*seg).in_list = true;
+}
+
+unsafe fn segment_list_remove(h: *mut Heap, seg: *mut SegmentHeader) {
+    let (prev, next) = ((*seg).prev, (*seg).next);
+    if prev.is_null() {
+        (*h).segments = next;
+    } else {
+        (*prev).next = next;
+    }
+    if !next.is_null() {
+        (*next).prev = prev;
+    }
+    (*seg).prev = null_mut();
+    (*seg).next = null_mut();
+    (*seg).in_list = false;
+}
+
+/// Walk every structure of `h` and check its invariants; panics with a description on the first
+/// violation. For tests (and, later, a debug feature): it is O(heap).
+///
+/// # Safety
+/// The caller is `h`'s owner and no other thread frees into it meanwhile.
+pub unsafe fn check_invariants(h: *mut Heap) {
+    let mut seg = (*h).segments;
+    let mut empty = 0;
+    while !seg.is_null() {
+        assert!((*seg).in_list && (*seg).owner == h && (*seg).free_pages != 0);
+        assert_eq!(
+            (*seg).used_pages as usize + (*seg).free_pages.count_ones() as usize,
+            segment::PAGES_PER_SEGMENT - 1
+        );
+        if (*seg).used_pages == 0 {
+            empty += 1;
+        }
+        seg = (*seg).next;
+    }
+    assert_eq!(empty, (*h).empty_segments);
+    for (i, q) in (*h).queues.iter().enumerate() {
+        let (domain, class) = (i / NUM_CLASSES, i % NUM_CLASSES);
+        let mut page = q.first;
+        let mut prev = null_mut();
+        while !page.is_null() {
+            assert_eq!((*page).prev, prev);
+            assert!((*page).kind == PageKind::Small && !(*page).full);
+            assert_eq!(((*page).domain as usize, (*page).class as usize), (domain, class));
+            let bs = (*page).block_size as usize;
+            let mut n = 0u32;
+            let mut b = (*page).free;
+            while !b.is_null() {
+                let off = b as usize - (*page).start as usize;
+                assert!(off % bs == 0 && off / bs < (*page).capacity as usize, "stray free block");
+                n += 1;
+                assert!(n <= (*page).capacity, "free list cycle");
+                b = *(b as *mut *mut u8);
+            }
+            assert_eq!((*page).used + n, (*page).capacity, "used + free != capacity");
+            prev = page;
+            page = (*page).next;
+        }
+        assert_eq!(q.last, prev);
+    }
+}

@@ -1,0 +1,178 @@
+//! rustmalloc: a size-class pool allocator for CPython's RAW, MEM and OBJ domains.
+//!
+//! Layers, from Python down to the OS (each a module; only `python` knows about Python):
+//! ```text
+//!   PyMem_RawMalloc / PyMem_Malloc / PyObject_Malloc ...
+//!        |  python.rs: the extern "C" hooks, install(), stats bindings; forwards every pointer
+//!        |             we do not own to the allocator installed before us
+//!   lib.rs (this file): the domain API: which heap serves a call
+//!        |
+//!   raw_heap.rs: one heap per thread (RAW)      GIL heap (MEM + OBJ, under the GIL)
+//!        |
+//!   heap.rs: page queues per (domain, class), remote-free stack, counters (stats.rs)
+//!        |
+//!   segment.rs: 4 MiB aligned segments of 64 KiB pages; large spans; huge mappings
+//!        |         segment_map.rs: which segments are ours (the O(1) ownership test)
+//!   os.rs: mmap / munmap / mremap / madvise
+//! ```
+//! Sizes: `size_class.rs` (16-byte steps to 512, then 4 classes per doubling to 32 KiB); large
+//! blocks (to 2 MiB) are spans of pages; huge ones get their own mapping.
+//!
+//! Invariants that everything relies on:
+//! - every block lies in a segment registered in the ownership map, at an address 16-aligned;
+//! - a page belongs to one heap and one domain; only its heap's owner changes it;
+//! - no path here allocates through Rust's global allocator, takes a lock other than the RAW
+//!   fallback heap's spin lock, or calls into Python.
+
+pub mod heap;
+pub mod os;
+pub mod raw_heap;
+pub mod segment;
+pub mod segment_map;
+pub mod size_class;
+pub mod stats;
+
+#[cfg(feature = "python")]
+mod python;
+
+use core::cell::UnsafeCell;
+use core::ptr::null_mut;
+use heap::Heap;
+
+/// Domain indices (CPython's `PYMEM_DOMAIN_RAW`, `_MEM`, `_OBJ` have the same values).
+pub const RAW: usize = 0;
+pub const MEM: usize = 1;
+pub const OBJ: usize = 2;
+pub const DOMAIN_NAMES: [&str; 3] = ["raw", "mem", "obj"];
+
+/// The heap of the MEM and OBJ domains, used only by the thread holding the GIL.
+struct GilHeap(UnsafeCell<Heap>);
+// SAFETY: only the GIL holder touches it, except `remote` and the counters, which are atomics.
+unsafe impl Sync for GilHeap {}
+static GIL_HEAP: GilHeap = GilHeap(UnsafeCell::new(Heap::new()));
+
+#[inline(always)]
+fn gil_heap() -> *mut Heap {
+    GIL_HEAP.0.get()
+}
+
+/// Whether `p` is a block of ours (any domain). O(1); never reads the memory at `p`.
+#[inline(always)]
+pub fn owns(p: *const u8) -> bool {
+    segment_map::owns(p)
+}
+
+/// The usable size of a block of ours.
+///
+/// # Safety
+/// `owns(p)` and `p` is live.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    heap::usable_size(p)
+}
+
+/// MEM/OBJ allocation (`domain` is `MEM` or `OBJ`).
+///
+/// # Safety
+/// The caller holds the GIL (or is otherwise the only thread in MEM/OBJ).
+#[inline(always)]
+pub unsafe fn gil_malloc(domain: usize, size: usize) -> *mut u8 {
+    heap::alloc(gil_heap(), size, domain)
+}
+
+/// # Safety
+/// As for `gil_malloc`.
+pub unsafe fn gil_calloc(domain: usize, n: usize, size: usize) -> *mut u8 {
+    heap::alloc_zeroed(gil_heap(), n, size, domain)
+}
+
+/// # Safety
+/// As for `gil_malloc`, and `p` is a live block of ours.
+pub unsafe fn gil_realloc(domain: usize, p: *mut u8, size: usize) -> *mut u8 {
+    heap::realloc(gil_heap(), p, size, domain)
+}
+
+/// Free a block of ours through MEM or OBJ: whichever heap owns it gets it back.
+///
+/// # Safety
+/// As for `gil_malloc`, and `p` is a live block of ours.
+#[inline(always)]
+pub unsafe fn gil_free(p: *mut u8) {
+    heap::free(gil_heap(), p)
+}
+
+/// RAW allocation, from any thread.
+#[inline(always)]
+pub fn raw_malloc(size: usize) -> *mut u8 {
+    // SAFETY: `with_heap` hands us a heap this thread owns for the duration of the call.
+    raw_heap::with_heap(|h| unsafe { heap::alloc(h, size, RAW) }).unwrap_or(null_mut())
+}
+
+pub fn raw_calloc(n: usize, size: usize) -> *mut u8 {
+    // SAFETY: as in `raw_malloc`.
+    raw_heap::with_heap(|h| unsafe { heap::alloc_zeroed(h, n, size, RAW) }).unwrap_or(null_mut())
+}
+
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
+    raw_heap::with_heap(|h| heap::realloc(h, p, size, RAW)).unwrap_or(null_mut())
+}
+
+/// Free a block of ours through RAW, from any thread, with or without the GIL. A block of the
+/// GIL heap goes onto its remote stack: this thread may not hold the GIL.
+///
+/// # Safety
+/// `p` is a live block of ours.
+#[inline(always)]
+pub unsafe fn raw_free(p: *mut u8) {
+    if raw_heap::with_heap(|h| heap::free(h, p)).is_none() {
+        // No heap could be had (out of memory): still never lose the block.
+        let owner = (*segment::segment_of(p)).owner;
+        if owner.is_null() {
+            segment::release_segment(segment::segment_of(p));
+        } else {
+            heap::push_remote(owner, p);
+        }
+    }
+}
+
+/// Per-domain in-use totals, summed over every heap.
+pub fn domain_totals() -> [stats::DomainTotals; 3] {
+    let mut sum = stats::Summary::new();
+    // SAFETY: the counters are atomics; reading them needs no ownership.
+    sum.add(unsafe { &(*gil_heap()).counters });
+    raw_heap::add_counters(&mut sum);
+    [sum.domain(RAW), sum.domain(MEM), sum.domain(OBJ)]
+}
+
+/// Count a free or realloc handed to the previous allocator (called by the hooks).
+///
+/// # Safety
+/// For MEM/OBJ the caller holds the GIL.
+pub unsafe fn count_foreign(domain: usize, realloc: bool) {
+    let f = |h: *mut Heap| {
+        let c = &(*h).counters;
+        if realloc {
+            c.foreign_reallocs[domain].add(1)
+        } else {
+            c.foreign_frees[domain].add(1)
+        }
+    };
+    if domain == RAW {
+        raw_heap::with_heap(f);
+    } else {
+        f(gil_heap());
+    }
+}
+
+/// Check the GIL heap's invariants (tests).
+///
+/// # Safety
+/// The caller holds the GIL (or, in tests, is the only user of the GIL heap).
+pub unsafe fn check_gil_heap() {
+    heap::collect_remote(gil_heap());
+    heap::check_invariants(gil_heap());
+}
+
+#[cfg(test)]
+mod tests;

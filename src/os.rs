@@ -1,0 +1,145 @@
+//! OS memory: the one place that calls mmap, munmap, mremap and madvise.
+//!
+//! Contract of every function here: addresses and sizes are multiples of the OS page size
+//! (`page_size()`), sizes are non-zero; failures return null or `false`, never abort.
+//! Nothing here allocates or takes a lock.
+
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The OS page size, from `sysconf` (4 KiB on x86_64, 4/16/64 KiB on aarch64), never assumed.
+#[inline]
+pub fn page_size() -> usize {
+    let p = PAGE_SIZE.load(Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let p = if p > 0 { p as usize } else { 4096 };
+    PAGE_SIZE.store(p, Relaxed);
+    p
+}
+
+#[inline]
+pub fn round_up(n: usize, align: usize) -> Option<usize> {
+    debug_assert!(align.is_power_of_two());
+    n.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+/// Map `size` bytes of zeroed, readable and writable memory aligned to `align` (a power of two,
+/// at least the page size). Returns null when the OS refuses (out of memory, `RLIMIT_AS`).
+///
+/// It first asks for exactly `size` bytes at `hint` (where the previous aligned region ended),
+/// which is usually aligned already; only if not does it map `size + align` and trim both ends,
+/// so a process near its `RLIMIT_AS` is not refused for the sake of alignment slack.
+pub fn map_aligned(size: usize, align: usize, hint: usize) -> *mut u8 {
+    debug_assert!(size % page_size() == 0 && align.is_power_of_two() && align >= page_size());
+    let p = map(size, hint);
+    if p.is_null() {
+        return null_mut();
+    }
+    if p as usize & (align - 1) == 0 {
+        return p;
+    }
+    unmap(p, size);
+    let Some(over) = size.checked_add(align) else { return null_mut() };
+    let p = map(over, 0);
+    if p.is_null() {
+        return null_mut();
+    }
+    let start = (p as usize + align - 1) & !(align - 1);
+    let head = start - p as usize;
+    let tail = over - head - size;
+    if head > 0 {
+        unmap(p, head);
+    }
+    if tail > 0 {
+        unmap((start + size) as *mut u8, tail);
+    }
+    start as *mut u8
+}
+
+fn map(size: usize, hint: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping with a hint (not MAP_FIXED) cannot clobber anything.
+    let p = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        null_mut()
+    } else {
+        p as *mut u8
+    }
+}
+
+/// Give a mapping back to the OS.
+pub fn unmap(p: *mut u8, size: usize) {
+    // SAFETY: callers pass a range they mapped and no longer use.
+    unsafe { libc::munmap(p as *mut libc::c_void, size) };
+}
+
+/// Drop the contents of a range (it reads as zeros afterwards) and return its physical pages.
+pub fn decommit(p: *mut u8, size: usize) -> bool {
+    // SAFETY: callers pass a page-aligned range inside one of our mappings holding no live data.
+    unsafe { libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED) == 0 }
+}
+
+/// Grow or shrink a mapping without moving it. Returns false if the pages after it are taken.
+pub fn resize_in_place(p: *mut u8, old: usize, new: usize) -> bool {
+    // SAFETY: `p` is the start of a mapping of `old` bytes; without MREMAP_MAYMOVE the kernel
+    // either resizes it where it is or fails.
+    let r = unsafe { libc::mremap(p as *mut libc::c_void, old, new, 0) };
+    r != libc::MAP_FAILED
+}
+
+/// Move the pages of a mapping (`old` bytes at `from`) to `to`, a fresh mapping of `new` bytes,
+/// without copying them; `to`'s previous pages are replaced.
+pub fn move_mapping(from: *mut u8, old: usize, to: *mut u8, new: usize) -> bool {
+    // SAFETY: `to` is a mapping of `new` bytes we own and hold no data in; MREMAP_FIXED
+    // replaces it atomically with the pages of `from`, which then stops being mapped.
+    let r = unsafe {
+        libc::mremap(
+            from as *mut libc::c_void,
+            old,
+            new,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as *mut libc::c_void,
+        )
+    };
+    r != libc::MAP_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_mapping_is_aligned_zeroed_and_writable() {
+        let align = 4 << 20;
+        let p = map_aligned(align, align, 0);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0);
+        // SAFETY: the mapping is `align` bytes long.
+        unsafe {
+            assert_eq!(*p.add(align - 1), 0);
+            *p.add(12345) = 7;
+        }
+        assert!(decommit(p, page_size()));
+        unmap(p, align);
+    }
+
+    #[test]
+    fn absurd_sizes_fail_cleanly() {
+        assert!(map_aligned(usize::MAX & !(page_size() - 1), 4 << 20, 0).is_null());
+        assert!(round_up(usize::MAX, 16).is_none());
+    }
+}

@@ -1,0 +1,261 @@
+//! RAW-domain heaps: one per thread, handed over when the thread exits.
+//!
+//! `PyMem_RawMalloc` is called without the GIL from any thread, so each thread allocates from a
+//! `RawHeap` of its own with no lock and no atomic on the fast path; a block freed by another
+//! thread goes onto its owner's remote stack (`heap::push_remote`).
+//!
+//! Life of a heap:
+//! ```text
+//!   created (mmap) --> OWNED by a thread --thread exits--> ABANDONED --a new thread adopts--> OWNED
+//!                                  \--fork while mid-call (child only)--> POISONED (never reused)
+//! ```
+//! Heaps are never freed: an abandoned heap keeps its live blocks (others free them later onto its
+//! remote stack) and is adopted, whole, by the next thread that needs a heap. So the number of
+//! heaps is bounded by the most threads ever alive at once, not by how many were ever started.
+//! All heaps are on `REGISTRY`, a push-only lock-free list, which the stats and fork code walk.
+//!
+//! Thread-exit is seen through a pthread key destructor (libc's, not Rust's thread-local
+//! destructors, which may run after ours or allocate). After it, the thread's slot holds `DEAD`
+//! and any late call (another library's destructor) uses `FALLBACK`, a heap behind a spin lock.
+//!
+//! Fork: the only lock is `FALLBACK_LOCK`, taken by the `pthread_atfork` prepare handler and
+//! released in both processes. In the child, every heap owned by a thread other than the forking
+//! one is abandoned (its thread does not exist there); one that was mid-call (its `busy` flag set)
+//! may be inconsistent and is poisoned instead: leaked, never adopted.
+
+use crate::heap::{self, Heap};
+use crate::os;
+use crate::stats::Summary;
+use core::cell::Cell;
+use core::ptr::null_mut;
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::Once;
+
+const OWNED: u8 = 0;
+const ABANDONED: u8 = 1;
+const POISONED: u8 = 2;
+const SHARED: u8 = 3;
+
+#[repr(C)]
+pub struct RawHeap {
+    /// First field: a `*mut RawHeap` is a `*mut Heap`.
+    pub heap: Heap,
+    state: AtomicU8,
+    /// Set by the owner for the duration of each call (read only by the fork child handler).
+    busy: AtomicBool,
+    next_in_registry: *mut RawHeap,
+}
+
+static REGISTRY: AtomicPtr<RawHeap> = AtomicPtr::new(null_mut());
+static HEAPS_CREATED: AtomicUsize = AtomicUsize::new(0);
+static FALLBACK: AtomicPtr<RawHeap> = AtomicPtr::new(null_mut());
+static FALLBACK_LOCK: AtomicBool = AtomicBool::new(false);
+static INIT: Once = Once::new();
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// The thread's slot after its heap was handed over at thread exit.
+const DEAD: *mut RawHeap = 1 as *mut RawHeap;
+
+thread_local! {
+    static THREAD_HEAP: Cell<*mut RawHeap> = const { Cell::new(null_mut()) };
+}
+
+#[inline(always)]
+fn thread_heap() -> *mut RawHeap {
+    THREAD_HEAP.try_with(|c| c.get()).unwrap_or(DEAD)
+}
+
+fn set_thread_heap(h: *mut RawHeap) {
+    let _ = THREAD_HEAP.try_with(|c| c.set(h));
+}
+
+/// Create the thread-exit key and the fork handlers. Idempotent; `install()` calls it before
+/// setting any hook, so no hook ever waits on it.
+pub fn init() {
+    INIT.call_once(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: plain libc calls with valid arguments; the destructor is an `extern "C"` fn.
+        unsafe {
+            if libc::pthread_key_create(&mut key, Some(thread_exit)) == 0 {
+                KEY.store(key as usize + 1, Release);
+            }
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        }
+    });
+}
+
+/// Run `f` on the calling thread's heap (acquiring one on first use), or on the fallback heap
+/// after the thread's heap was handed over. Returns `None` only if no heap could be had (no
+/// memory for one).
+#[inline(always)]
+pub fn with_heap<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
+    let h = thread_heap();
+    if h as usize > DEAD as usize {
+        // SAFETY: a heap in the thread slot is OWNED by this thread.
+        unsafe {
+            (*h).busy.store(true, Relaxed);
+            fence(Release); // the child of a fork must never see our writes without `busy`
+            let r = f(h as *mut Heap);
+            (*h).busy.store(false, Release);
+            return Some(r);
+        }
+    }
+    with_heap_slow(h, f)
+}
+
+#[cold]
+#[inline(never)]
+fn with_heap_slow<R>(h: *mut RawHeap, f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
+    if h.is_null() {
+        let h = acquire();
+        if !h.is_null() {
+            set_thread_heap(h);
+            if let Some(key) = key() {
+                // SAFETY: `key` was created by `init`; the value is only read by `thread_exit`.
+                unsafe { libc::pthread_setspecific(key, h as *const libc::c_void) };
+            }
+            return with_heap(f);
+        }
+    }
+    with_fallback(f)
+}
+
+fn key() -> Option<libc::pthread_key_t> {
+    match KEY.load(Acquire) {
+        0 => None,
+        k => Some((k - 1) as libc::pthread_key_t),
+    }
+}
+
+/// Run `f` on the shared fallback heap, under its lock.
+fn with_fallback<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
+    lock_fallback();
+    let mut h = FALLBACK.load(Relaxed);
+    if h.is_null() {
+        h = create(SHARED);
+        FALLBACK.store(h, Relaxed);
+    }
+    let r = if h.is_null() { None } else { Some(f(h as *mut Heap)) };
+    FALLBACK_LOCK.store(false, Release);
+    r
+}
+
+fn lock_fallback() {
+    while FALLBACK_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+        std::hint::spin_loop();
+    }
+}
+
+/// Adopt an abandoned heap, or create one.
+fn acquire() -> *mut RawHeap {
+    init();
+    let mut h = REGISTRY.load(Acquire);
+    while !h.is_null() {
+        // SAFETY: registry entries are never freed.
+        unsafe {
+            if (*h).state.load(Relaxed) == ABANDONED
+                && (*h).state.compare_exchange(ABANDONED, OWNED, Acquire, Relaxed).is_ok()
+            {
+                return h;
+            }
+            h = (*h).next_in_registry;
+        }
+    }
+    create(OWNED)
+}
+
+/// Map a new heap and put it on the registry.
+fn create(state: u8) -> *mut RawHeap {
+    let size = os::round_up(core::mem::size_of::<RawHeap>(), os::page_size()).unwrap_or(0);
+    let h = os::map_aligned(size, os::page_size(), 0) as *mut RawHeap;
+    if h.is_null() {
+        return null_mut();
+    }
+    // SAFETY: a fresh writable mapping large enough for a RawHeap.
+    unsafe {
+        h.write(RawHeap {
+            heap: Heap::new(),
+            state: AtomicU8::new(state),
+            busy: AtomicBool::new(false),
+            next_in_registry: null_mut(),
+        });
+        let mut head = REGISTRY.load(Relaxed);
+        loop {
+            (*h).next_in_registry = head;
+            match REGISTRY.compare_exchange_weak(head, h, Release, Relaxed) {
+                Ok(_) => break,
+                Err(now) => head = now,
+            }
+        }
+    }
+    HEAPS_CREATED.fetch_add(1, Relaxed);
+    h
+}
+
+/// Hand the thread's heap over for adoption (pthread key destructor).
+extern "C" fn thread_exit(value: *mut libc::c_void) {
+    let h = value as *mut RawHeap;
+    if h.is_null() || h == DEAD {
+        return;
+    }
+    set_thread_heap(DEAD);
+    // SAFETY: `h` is this thread's heap; after the store below another thread may adopt it,
+    // so nothing touches it after that.
+    unsafe {
+        heap::collect_remote(h as *mut Heap);
+        (*h).state.store(ABANDONED, Release);
+    }
+}
+
+extern "C" fn fork_prepare() {
+    lock_fallback();
+}
+
+extern "C" fn fork_parent() {
+    FALLBACK_LOCK.store(false, Release);
+}
+
+extern "C" fn fork_child() {
+    let mine = thread_heap();
+    let mut h = REGISTRY.load(Acquire);
+    while !h.is_null() {
+        // SAFETY: registry entries are never freed; only this thread exists in the child.
+        unsafe {
+            if h != mine && (*h).state.load(Relaxed) == OWNED {
+                let s = if (*h).busy.load(Relaxed) { POISONED } else { ABANDONED };
+                (*h).busy.store(false, Relaxed);
+                (*h).state.store(s, Relaxed);
+            }
+            h = (*h).next_in_registry;
+        }
+    }
+    FALLBACK_LOCK.store(false, Release);
+}
+
+/// Add the counters of every RAW heap to `sum`.
+pub fn add_counters(sum: &mut Summary) {
+    let mut h = REGISTRY.load(Acquire);
+    while !h.is_null() {
+        // SAFETY: registry entries are never freed; counters are atomics.
+        unsafe {
+            sum.add(&(*h).heap.counters);
+            h = (*h).next_in_registry;
+        }
+    }
+}
+
+/// (heaps created, heaps abandoned now)
+pub fn heap_counts() -> (usize, usize) {
+    let mut abandoned = 0;
+    let mut h = REGISTRY.load(Acquire);
+    while !h.is_null() {
+        // SAFETY: as above.
+        unsafe {
+            if (*h).state.load(Relaxed) == ABANDONED {
+                abandoned += 1;
+            }
+            h = (*h).next_in_registry;
+        }
+    }
+    (HEAPS_CREATED.load(Relaxed), abandoned)
+}

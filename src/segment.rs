@@ -1,0 +1,455 @@
+//! Segments and pages: where blocks live.
+//!
+//! A *segment* is a `SEGMENT_SIZE`-aligned region mapped from the OS and registered in the
+//! ownership map (`segment_map`). Its first `PAGE_SIZE` bytes hold its metadata: a
+//! `SegmentHeader` and one `Page` descriptor per page, so no block carries a header and a page's
+//! bookkeeping survives whatever happens to the page's own memory.
+//!
+//! ```text
+//!  segment (4 MiB, aligned)                                   Page descriptors (in page 0)
+//!  +----------+----------+----------+-----   ---+----------+  +----+----+----+----
+//!  | page 0:  | page 1   | page 2   |   ...     | page 63  |  | 0  | 1  | 2  | ...
+//!  | metadata | class 3  | large    |           | free     |  +----+----+----+----
+//!  +----------+----------+----------+-----   ---+----------+
+//! ```
+//! - a *small page* (64 KiB) holds blocks of one size class and one domain;
+//! - a *large span* is a run of pages holding one block of `SMALL_MAX < n <= LARGE_MAX` bytes;
+//! - a *huge* block (`n > LARGE_MAX`) gets a segment of its own: a mapping rounded up to whole
+//!   segments, the header at its start and the block right after it (`HUGE_OFFSET`), so only its
+//!   first segment needs to be in the map and no foreign mapping can share any of its segments.
+//!
+//! Pages of a segment belong to the one heap that owns the segment (`SegmentHeader::owner`); only
+//! that heap's owner thread (or the GIL holder, for the GIL heap) changes them.
+
+use crate::os;
+use crate::segment_map;
+use crate::size_class::{SizeClass, SMALL_MAX};
+use core::ptr::null_mut;
+
+/// log2 of the segment size.
+pub const SEGMENT_SHIFT: u32 = 22;
+/// Segments are this large and aligned to it (4 MiB).
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+/// log2 of the page size.
+pub const PAGE_SHIFT: u32 = 16;
+/// Blocks of one class are carved from pages this large (64 KiB: a multiple of every OS page
+/// size Linux uses on x86_64 and aarch64).
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// Pages per segment; page 0 holds the metadata.
+pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
+/// The largest request served by a span of pages; above it, a huge mapping.
+pub const LARGE_MAX: usize = 32 * PAGE_SIZE;
+/// Offset of the page descriptors inside the segment.
+const PAGES_OFFSET: usize = 128;
+/// Offset of a huge block from the start of its mapping.
+pub const HUGE_OFFSET: usize = 128;
+
+const _: () = {
+    assert!(core::mem::size_of::<SegmentHeader>() <= PAGES_OFFSET);
+    assert!(core::mem::size_of::<SegmentHeader>() <= HUGE_OFFSET && HUGE_OFFSET % 16 == 0);
+    assert!(PAGES_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<Page>() <= PAGE_SIZE);
+    assert!(PAGES_PER_SEGMENT <= 64); // the free-page set is one u64
+    assert!(SMALL_MAX * 2 <= PAGE_SIZE && LARGE_MAX < SEGMENT_SIZE - PAGE_SIZE);
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum SegmentKind {
+    Pages = 1,
+    Huge = 2,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum PageKind {
+    Free = 0,
+    Small = 1,
+    Large = 2,
+}
+
+/// The start of every segment.
+#[repr(C)]
+pub struct SegmentHeader {
+    pub kind: SegmentKind,
+    /// The domain of a huge block (unused for `Pages`).
+    pub huge_domain: u8,
+    /// Pages in use (small pages and span pages).
+    pub used_pages: u32,
+    /// Bit i set: page i is free (bit 0, the metadata page, never is).
+    pub free_pages: u64,
+    /// The heap whose pages these are; null for a huge segment.
+    pub owner: *mut crate::heap::Heap,
+    /// Links in the owner's list of segments that have free pages.
+    pub next: *mut SegmentHeader,
+    pub prev: *mut SegmentHeader,
+    pub in_list: bool,
+    /// For a huge segment: bytes mapped, and the block's current size (16-byte rounded).
+    pub mapped: usize,
+    pub huge_size: usize,
+}
+
+/// One page's descriptor. Invariant of a small page:
+/// `used + |free list| == capacity <= reserved`, with `capacity` blocks carved so far from
+/// `start` and the rest untouched; `used` counts blocks handed out and not yet freed locally
+/// (a block freed remotely stays in `used` until its owner collects it).
+#[repr(C)]
+pub struct Page {
+    /// Local free list (intrusive: each free block's first word links to the next).
+    pub free: *mut u8,
+    pub used: u32,
+    pub block_size: u32,
+    pub capacity: u32,
+    pub reserved: u32,
+    /// Pages in a large span (1 for a small page).
+    pub span: u32,
+    pub class: u8,
+    pub kind: PageKind,
+    pub domain: u8,
+    /// Not in its queue because it had no free block.
+    pub full: bool,
+    pub start: *mut u8,
+    pub next: *mut Page,
+    pub prev: *mut Page,
+}
+
+#[inline(always)]
+pub fn segment_of(p: *const u8) -> *mut SegmentHeader {
+    (p as usize & !(SEGMENT_SIZE - 1)) as *mut SegmentHeader
+}
+
+/// The descriptor of the page holding `p`.
+#[inline(always)]
+pub fn page_of(p: *const u8) -> *mut Page {
+    let seg = p as usize & !(SEGMENT_SIZE - 1);
+    let idx = (p as usize - seg) >> PAGE_SHIFT;
+    (seg + PAGES_OFFSET + idx * core::mem::size_of::<Page>()) as *mut Page
+}
+
+#[inline(always)]
+pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
+    (seg as usize + PAGES_OFFSET + idx * core::mem::size_of::<Page>()) as *mut Page
+}
+
+/// The first address a new segment should be tried at: just after the last one we mapped, which
+/// keeps segments together and makes the first, exact-size mmap usually land aligned.
+static NEXT_HINT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+fn map_segment_region(size: usize) -> *mut u8 {
+    use core::sync::atomic::Ordering::Relaxed;
+    let p = os::map_aligned(size, SEGMENT_SIZE, NEXT_HINT.load(Relaxed));
+    if !p.is_null() {
+        NEXT_HINT.store(p as usize + size, Relaxed);
+    }
+    p
+}
+
+/// Map and register a fresh segment of pages owned by `owner`. Null if the OS refuses.
+pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
+    let base = map_segment_region(SEGMENT_SIZE);
+    if base.is_null() {
+        return null_mut();
+    }
+    let seg = base as *mut SegmentHeader;
+    // SAFETY: `base` is a fresh, zeroed, writable mapping of SEGMENT_SIZE bytes; the header and
+    // descriptors lie in its first page.
+    unsafe {
+        seg.write(SegmentHeader {
+            kind: SegmentKind::Pages,
+            huge_domain: 0,
+            used_pages: 0,
+            free_pages: !1u64 >> (64 - PAGES_PER_SEGMENT),
+            owner,
+            next: null_mut(),
+            prev: null_mut(),
+            in_list: false,
+            mapped: SEGMENT_SIZE,
+            huge_size: 0,
+        });
+        for i in 0..PAGES_PER_SEGMENT {
+            let page = page_at(seg, i);
+            page.write(Page {
+                free: null_mut(),
+                used: 0,
+                block_size: 0,
+                capacity: 0,
+                reserved: 0,
+                span: 0,
+                class: 0,
+                kind: PageKind::Free,
+                domain: 0,
+                full: false,
+                start: base.add(i * PAGE_SIZE),
+                next: null_mut(),
+                prev: null_mut(),
+            });
+        }
+    }
+    if !segment_map::register(base) {
+        os::unmap(base, SEGMENT_SIZE);
+        return null_mut();
+    }
+    seg
+}
+
+/// Unregister and unmap an empty segment (or a huge one whose block is freed).
+///
+/// # Safety
+/// `seg` is one of our segments holding no live block; nothing refers to it afterwards.
+pub unsafe fn release_segment(seg: *mut SegmentHeader) {
+    let size = (*seg).mapped;
+    segment_map::unregister(seg as *mut u8);
+    os::unmap(seg as *mut u8, size);
+}
+
+/// Take `count` contiguous free pages from `seg`; returns the first page's descriptor or null.
+///
+/// # Safety
+/// `seg` is a live `Pages` segment owned by the caller's heap.
+pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize) -> *mut Page {
+    let free = (*seg).free_pages;
+    if free == 0 {
+        return null_mut();
+    }
+    let idx = if count == 1 {
+        free.trailing_zeros() as usize
+    } else {
+        match find_run(free, count) {
+            Some(i) => i,
+            None => return null_mut(),
+        }
+    };
+    let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
+    (*seg).free_pages &= !mask;
+    (*seg).used_pages += count as u32;
+    let page = page_at(seg, idx);
+    (*page).span = count as u32;
+    page
+}
+
+/// Give the pages of `page`'s span back to its segment. Returns true if the segment is now empty.
+///
+/// # Safety
+/// `page` is a descriptor of a live `Pages` segment, the start of a span of `span` pages in use.
+pub unsafe fn return_pages(page: *mut Page) -> bool {
+    let seg = segment_of(page as *const u8);
+    let idx = ((*page).start as usize - seg as usize) >> PAGE_SHIFT;
+    let count = (*page).span as usize;
+    let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
+    debug_assert_eq!((*seg).free_pages & mask, 0);
+    (*seg).free_pages |= mask;
+    (*seg).used_pages -= count as u32;
+    (*page).kind = PageKind::Free;
+    (*page).span = 0;
+    (*page).used = 0;
+    (*page).free = null_mut();
+    (*page).full = false;
+    (*seg).used_pages == 0
+}
+
+/// Whether the `extra` pages right after a span are free (for growing a large block in place);
+/// if so, take them.
+///
+/// # Safety
+/// As for `return_pages`.
+pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
+    let seg = segment_of(page as *const u8);
+    let idx = ((*page).start as usize - seg as usize) >> PAGE_SHIFT;
+    let end = idx + (*page).span as usize;
+    if end + extra > PAGES_PER_SEGMENT {
+        return false;
+    }
+    let mask = ((1u64 << extra) - 1) << end;
+    if (*seg).free_pages & mask != mask {
+        return false;
+    }
+    (*seg).free_pages &= !mask;
+    (*seg).used_pages += extra as u32;
+    (*page).span += extra as u32;
+    true
+}
+
+/// The lowest index of a run of `count` set bits in `bits`.
+fn find_run(bits: u64, count: usize) -> Option<usize> {
+    // Shrink every run by count-1: a bit survives iff it starts a run of `count`.
+    let mut runs = bits;
+    let mut have = 1;
+    while have < count {
+        let step = (count - have).min(have);
+        runs &= runs >> step;
+        have += step;
+    }
+    if runs == 0 {
+        None
+    } else {
+        Some(runs.trailing_zeros() as usize)
+    }
+}
+
+/// Turn a free single page into a small page of class `class` and domain `domain`.
+///
+/// # Safety
+/// `page` was just returned by `take_pages(seg, 1)`.
+pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
+    let bs = class.block_size() as u32;
+    (*page).kind = PageKind::Small;
+    (*page).class = class.0;
+    (*page).block_size = bs;
+    (*page).reserved = PAGE_SIZE as u32 / bs;
+    (*page).capacity = 0;
+    (*page).used = 0;
+    (*page).free = null_mut();
+    (*page).domain = domain;
+    (*page).full = false;
+    (*page).next = null_mut();
+    (*page).prev = null_mut();
+}
+
+/// Carve more untouched blocks of a small page into its free list: about one OS page's worth at
+/// a time, so a page's memory is touched only as it is used. Returns false if it is all carved.
+///
+/// # Safety
+/// `page` is a small page with an empty free list, owned by the caller.
+pub unsafe fn extend_free_list(page: *mut Page) -> bool {
+    let (cap, res) = ((*page).capacity, (*page).reserved);
+    if cap >= res {
+        return false;
+    }
+    let bs = (*page).block_size as usize;
+    let batch = (os::page_size() / bs).max(1).min((res - cap) as usize);
+    let first = (*page).start.add(cap as usize * bs);
+    let mut b = first;
+    for _ in 1..batch {
+        let next = b.add(bs);
+        (b as *mut *mut u8).write(next);
+        b = next;
+    }
+    (b as *mut *mut u8).write(null_mut());
+    (*page).free = first;
+    (*page).capacity = cap + batch as u32;
+    true
+}
+
+/// Map a huge block of `size` bytes in a segment of its own. Returns the block, or null.
+pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
+    let Some(mapped) = size.checked_add(HUGE_OFFSET).and_then(|n| os::round_up(n, SEGMENT_SIZE))
+    else {
+        return null_mut();
+    };
+    let base = map_segment_region(mapped);
+    if base.is_null() {
+        return null_mut();
+    }
+    let seg = base as *mut SegmentHeader;
+    // SAFETY: a fresh writable mapping of `mapped` bytes; the header fits before HUGE_OFFSET.
+    unsafe {
+        seg.write(SegmentHeader {
+            kind: SegmentKind::Huge,
+            huge_domain: domain,
+            used_pages: 0,
+            free_pages: 0,
+            owner: null_mut(),
+            next: null_mut(),
+            prev: null_mut(),
+            in_list: false,
+            mapped,
+            huge_size: huge_rounded(size),
+        });
+    }
+    if !segment_map::register(base) {
+        os::unmap(base, mapped);
+        return null_mut();
+    }
+    base.wrapping_add(HUGE_OFFSET)
+}
+
+#[inline]
+pub fn huge_rounded(size: usize) -> usize {
+    (size + 15) & !15
+}
+
+/// Resize a huge block, in place when its mapping allows, else by moving its pages (no copy).
+/// Returns the (possibly moved) block or null, leaving the block intact on failure.
+///
+/// # Safety
+/// `seg` is the live huge segment of a block the caller owns exclusively.
+pub unsafe fn huge_resize(seg: *mut SegmentHeader, size: usize) -> *mut u8 {
+    let Some(need) = size.checked_add(HUGE_OFFSET).and_then(|n| os::round_up(n, SEGMENT_SIZE))
+    else {
+        return null_mut();
+    };
+    let mapped = (*seg).mapped;
+    if need <= mapped {
+        // Shrink: unmap whole segments past the end, decommit the rest of the tail.
+        if need < mapped {
+            os::unmap((seg as *mut u8).add(need), mapped - need);
+            (*seg).mapped = need;
+        }
+        let keep = os::round_up(HUGE_OFFSET + size, os::page_size()).unwrap_or(need);
+        if keep < need && size < (*seg).huge_size {
+            os::decommit((seg as *mut u8).add(keep), need - keep);
+        }
+        (*seg).huge_size = huge_rounded(size);
+        return (seg as *mut u8).add(HUGE_OFFSET);
+    }
+    if os::resize_in_place(seg as *mut u8, mapped, need) {
+        (*seg).mapped = need;
+        (*seg).huge_size = huge_rounded(size);
+        return (seg as *mut u8).add(HUGE_OFFSET);
+    }
+    let to = map_segment_region(need);
+    if to.is_null() {
+        return null_mut();
+    }
+    if !segment_map::register(to) {
+        os::unmap(to, need);
+        return null_mut();
+    }
+    // The block is the caller's alone: leaving the map before the move opens no window for
+    // anyone else's pointer.
+    segment_map::unregister(seg as *mut u8);
+    if !os::move_mapping(seg as *mut u8, mapped, to, need) {
+        segment_map::unregister(to);
+        os::unmap(to, need);
+        segment_map::register(seg as *mut u8);
+        return null_mut();
+    }
+    let moved = to as *mut SegmentHeader;
+    (*moved).mapped = need;
+    (*moved).huge_size = huge_rounded(size);
+    to.add(HUGE_OFFSET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs() {
+        assert_eq!(find_run(0b1110, 3), Some(1));
+        assert_eq!(find_run(0b1101_1110, 3), Some(1));
+        assert_eq!(find_run(0b1101_1010, 3), None);
+        assert_eq!(find_run(0b1111_0110_1110, 4), Some(8));
+        assert_eq!(find_run(!1u64, 63), Some(1));
+        assert_eq!(find_run(!1u64, 32), Some(1));
+    }
+
+    #[test]
+    fn page_descriptors_fit_and_resolve() {
+        let seg = new_segment(null_mut());
+        assert!(!seg.is_null());
+        unsafe {
+            assert_eq!((*seg).free_pages.count_ones() as usize, PAGES_PER_SEGMENT - 1);
+            let p = take_pages(seg, 1);
+            assert_eq!(p, page_at(seg, 1));
+            let inner = (*p).start.add(PAGE_SIZE - 1);
+            assert_eq!(page_of(inner), p);
+            let span = take_pages(seg, 5);
+            assert_eq!(span, page_at(seg, 2));
+            assert!(extend_span(span, 2));
+            assert_eq!((*span).span, 7);
+            assert!(!return_pages(span));
+            assert!(return_pages(p));
+            release_segment(seg);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The ownership map: which `SEGMENT_SIZE`-aligned regions of the address space are our segments.
+//!
+//! `owns(p)` answers in O(1) — two dependent loads — and never reads the memory at `p`, so it is
+//! safe on any pointer, ours or pymalloc's or libc's. It is a two-level radix tree over the
+//! 48-bit user address space: a static root of `ROOT_LEN` leaf pointers, and leaves of one byte
+//! per segment, mapped from the OS the first time a segment in their range is registered and
+//! never freed (one leaf covers 64 GiB of address space in 16 KiB).
+//!
+//! Invariant: an entry is set from just after its segment is mapped until just before it is
+//! unmapped, so no pointer of someone else's mapping can ever be found in the map.
+
+use crate::os;
+use crate::segment::{SEGMENT_SHIFT, SEGMENT_SIZE};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering::*};
+
+const ADDRESS_BITS: u32 = 48;
+const LEAF_BITS: u32 = 14;
+const ROOT_BITS: u32 = ADDRESS_BITS - SEGMENT_SHIFT - LEAF_BITS;
+const ROOT_LEN: usize = 1 << ROOT_BITS;
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+
+type Leaf = [AtomicU8; LEAF_LEN];
+
+static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(null_mut()) }; ROOT_LEN];
+
+#[inline(always)]
+fn split(addr: usize) -> Option<(usize, usize)> {
+    if addr >> ADDRESS_BITS != 0 {
+        return None;
+    }
+    let seg = addr >> SEGMENT_SHIFT;
+    Some((seg >> LEAF_BITS, seg & (LEAF_LEN - 1)))
+}
+
+/// Whether `p` lies in one of our segments (for a huge block: the first segment of its
+/// mapping, where every pointer we hand out for it lies).
+#[inline(always)]
+pub fn owns(p: *const u8) -> bool {
+    let Some((r, l)) = split(p as usize) else { return false };
+    let leaf = ROOT[r].load(Acquire);
+    // SAFETY: a non-null root entry points to a leaf that is never unmapped.
+    !leaf.is_null() && unsafe { (*leaf)[l].load(Relaxed) } != 0
+}
+
+/// Record the segment at `base` (aligned to `SEGMENT_SIZE`). Returns false if the leaf for it
+/// could not be mapped (the caller then unmaps the segment: it cannot be used).
+pub fn register(base: *mut u8) -> bool {
+    debug_assert_eq!(base as usize % SEGMENT_SIZE, 0);
+    let Some((r, l)) = split(base as usize) else { return false };
+    let mut leaf = ROOT[r].load(Acquire);
+    if leaf.is_null() {
+        let size = os::round_up(core::mem::size_of::<Leaf>(), os::page_size()).unwrap_or(0);
+        let fresh = os::map_aligned(size, os::page_size(), 0) as *mut Leaf;
+        if fresh.is_null() {
+            return false;
+        }
+        match ROOT[r].compare_exchange(null_mut(), fresh, AcqRel, Acquire) {
+            Ok(_) => leaf = fresh,
+            Err(existing) => {
+                os::unmap(fresh as *mut u8, size);
+                leaf = existing;
+            }
+        }
+    }
+    // SAFETY: `leaf` is a live leaf (just installed, or installed by another thread).
+    unsafe { (*leaf)[l].store(1, Release) };
+    true
+}
+
+/// Forget the segment at `base`; call before unmapping it.
+pub fn unregister(base: *mut u8) {
+    let Some((r, l)) = split(base as usize) else { return };
+    let leaf = ROOT[r].load(Acquire);
+    if !leaf.is_null() {
+        // SAFETY: leaves are never unmapped.
+        unsafe { (*leaf)[l].store(0, Release) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_and_wild_pointers_are_not_ours() {
+        let on_stack = 5u64;
+        assert!(!owns(&on_stack as *const u64 as *const u8));
+        assert!(!owns(core::ptr::null()));
+        assert!(!owns(usize::MAX as *const u8));
+        assert!(!owns((1usize << 47) as *const u8));
+    }
+
+    #[test]
+    fn register_and_unregister() {
+        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE, 0);
+        assert!(!base.is_null());
+        assert!(!owns(base));
+        assert!(register(base));
+        assert!(owns(base));
+        assert!(owns(base.wrapping_add(SEGMENT_SIZE - 1)));
+        assert!(!owns(base.wrapping_add(SEGMENT_SIZE)));
+        unregister(base);
+        assert!(!owns(base));
+        os::unmap(base, SEGMENT_SIZE);
+    }
+}
