@@ -1,0 +1,144 @@
+"""rustmalloc: a Rust size-class pool allocator for CPython's RAW, MEM and OBJ domains.
+
+Call :func:`install` once; from then on ``PyMem_RawMalloc``, ``PyMem_Malloc`` and
+``PyObject_Malloc`` (and their calloc/realloc/free) are served by rustmalloc. Blocks allocated
+before the call are still freed by the allocator that made them. Installation is process-wide
+and cannot be undone: blocks rustmalloc handed out must stay freeable until the process exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Union
+
+from . import _rustmalloc as _ext
+
+__all__ = ["DOMAINS", "DomainStats", "Snapshot", "install", "installed", "stats"]
+
+#: The allocator domains, in CPython's order (PYMEM_DOMAIN_RAW, _MEM, _OBJ).
+DOMAINS = ("raw", "mem", "obj")
+
+# MEM and OBJ go together: with only one replaced, a block freed through the other domain's
+# function (which pymalloc tolerates) would reach pymalloc, and from there libc's free().
+_ACCEPTED = (frozenset({"raw"}), frozenset({"mem", "obj"}), frozenset(DOMAINS))
+
+
+def _domain_mask(domains: Union[str, Iterable[str]]) -> int:
+    if isinstance(domains, str):
+        items: tuple = (domains,)
+    else:
+        try:
+            items = tuple(domains)
+        except TypeError:
+            raise TypeError(
+                "domains must be an iterable of domain names such as ('raw', 'mem', 'obj'), "
+                f"not {type(domains).__name__}"
+            ) from None
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(
+                f"domain names must be str ('raw', 'mem' or 'obj'), not {type(item).__name__}: {item!r}"
+            )
+        if item not in DOMAINS:
+            raise ValueError(f"unknown domain {item!r}: the domains are 'raw', 'mem' and 'obj'")
+    chosen = frozenset(items)
+    if chosen not in _ACCEPTED:
+        raise ValueError(
+            f"cannot install the domains {sorted(chosen)}: install ('raw',), ('mem', 'obj') or "
+            "('raw', 'mem', 'obj'). MEM and OBJ go together because C code may free a block "
+            "through the other one's function."
+        )
+    return sum(1 << DOMAINS.index(d) for d in chosen)
+
+
+def _check_supported() -> None:
+    if sys.implementation.name != "cpython":
+        raise RuntimeError(f"rustmalloc replaces CPython's allocators; this is {sys.implementation.name}")
+    if sys.version_info >= (3, 12):
+        raise RuntimeError(
+            "rustmalloc supports CPython 3.9-3.11: from 3.12 a per-interpreter GIL (PEP 684) makes "
+            "the MEM and OBJ domains need thread safety that rustmalloc does not provide yet"
+        )
+    import sysconfig
+
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        raise RuntimeError(
+            "rustmalloc cannot run on a free-threaded CPython: it finds objects by walking its "
+            "own mimalloc heaps, so the OBJ domain cannot be replaced"
+        )
+
+
+def install(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
+    """Serve the given allocator domains with rustmalloc from now on.
+
+    Idempotent: installing a domain again does nothing, and a later call may add domains.
+    Accepted sets: ``('raw',)``, ``('mem', 'obj')`` and all three (the default).
+
+    If tracemalloc is tracing, it is stopped, rustmalloc installed, and tracing restarted with
+    the same traceback limit (traces taken before the call are lost): tracemalloc must wrap
+    rustmalloc, never the reverse. Raises RuntimeError if another allocator hook is in place.
+    """
+    mask = _domain_mask(domains)
+    _check_supported()
+    if mask & ~_ext._installed_mask() == 0:
+        return
+    import _tracemalloc
+
+    tracing = _tracemalloc.is_tracing()
+    limit = _tracemalloc.get_traceback_limit()
+    if tracing:
+        _tracemalloc.stop()
+    try:
+        _ext._install(mask)
+    finally:
+        if tracing:
+            _tracemalloc.start(limit)
+
+
+def installed() -> tuple:
+    """The domains rustmalloc serves, in the order ('raw', 'mem', 'obj')."""
+    mask = _ext._installed_mask()
+    return tuple(d for i, d in enumerate(DOMAINS) if mask & (1 << i))
+
+
+@dataclass(frozen=True)
+class DomainStats:
+    """Live figures of one domain. Blocks count at their block size (the request rounded up to
+    its size class); large blocks (over 32 KiB) at their size rounded up to 16 bytes."""
+
+    blocks_in_use: int
+    bytes_in_use: int
+    large_blocks_in_use: int
+    large_bytes_in_use: int
+    foreign_frees: int
+    foreign_reallocs: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable snapshot of rustmalloc's statistics (see :func:`stats`)."""
+
+    installed: tuple
+    domains: Mapping[str, DomainStats]
+    raw_heaps_created: int
+    raw_heaps_abandoned: int
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serializable data."""
+        return {
+            "installed": list(self.installed),
+            "domains": {name: asdict(d) for name, d in self.domains.items()},
+            "raw_heaps": {"created": self.raw_heaps_created, "abandoned": self.raw_heaps_abandoned},
+        }
+
+
+def stats() -> Snapshot:
+    """A snapshot of live blocks and bytes per domain. Raises RuntimeError before install()."""
+    if not _ext._installed_mask():
+        raise RuntimeError("rustmalloc is not installed: call rustmalloc.install() first")
+    totals = _ext._domain_totals()
+    created, abandoned = _ext._heap_counts()
+    domains: Any = MappingProxyType({name: DomainStats(*t) for name, t in zip(DOMAINS, totals)})
+    return Snapshot(installed(), domains, created, abandoned)

@@ -1,0 +1,322 @@
+//! The Python layer: the `extern "C"` hooks given to `PyMem_SetAllocator`, installing them, and
+//! the bindings the `rustmalloc` package wraps. Validation of arguments and the tracemalloc
+//! dance live in `python/rustmalloc/__init__.py`; this file only does what needs C.
+//!
+//! Hooks ignore their `ctx` argument (CPython may pair a new function with an old ctx), never
+//! let a panic out (`guard`), and hand every pointer we do not own to the allocator that was
+//! installed before us, saved in `PREVIOUS` before our hook goes in and never changed after.
+
+use core::cell::UnsafeCell;
+use core::ffi::{c_char, c_void};
+use core::panic::AssertUnwindSafe;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicU8, Ordering::*};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
+use pyo3::prelude::*;
+
+use crate::{owns, MEM, OBJ, RAW};
+
+/// The allocators we replaced, per domain; written once, under the GIL, before our hook for
+/// that domain is set, and only read afterwards.
+struct Saved(UnsafeCell<[PyMemAllocatorEx; 3]>);
+// SAFETY: each entry is written before the hook that reads it is installed, and never again.
+unsafe impl Sync for Saved {}
+
+const EMPTY: PyMemAllocatorEx =
+    PyMemAllocatorEx { ctx: null_mut(), malloc: None, calloc: None, realloc: None, free: None };
+static PREVIOUS: Saved = Saved(UnsafeCell::new([EMPTY; 3]));
+/// What each domain had when we first installed anything: a later install of another domain
+/// must find the same, or some other hook came in between.
+static ORIGINAL: Saved = Saved(UnsafeCell::new([EMPTY; 3]));
+/// Bit d set: our hooks are in domain d.
+static INSTALLED: AtomicU8 = AtomicU8::new(0);
+
+#[inline(always)]
+fn previous(domain: usize) -> &'static PyMemAllocatorEx {
+    // SAFETY: see `Saved`; hooks only run for installed domains, whose entry is final.
+    unsafe { &(*PREVIOUS.0.get())[domain] }
+}
+
+/// Run `f`, turning a panic into `fallback` instead of unwinding into C.
+#[inline(always)]
+fn guard<R>(fallback: R, f: impl FnOnce() -> R) -> R {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+// ---- RAW: any thread, GIL or not ---------------------------------------------------------
+
+extern "C" fn raw_malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    guard(null_mut(), || crate::raw_malloc(size) as *mut c_void)
+}
+
+extern "C" fn raw_calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    guard(null_mut(), || crate::raw_calloc(n, size) as *mut c_void)
+}
+
+extern "C" fn raw_realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return raw_malloc(_ctx, size);
+    }
+    if owns(p as *const u8) {
+        // SAFETY: `p` is a live block of ours (the caller passes only live pointers).
+        return guard(null_mut(), || unsafe { crate::raw_realloc(p as *mut u8, size) } as *mut c_void);
+    }
+    forward_realloc(RAW, p, size)
+}
+
+extern "C" fn raw_free(_ctx: *mut c_void, p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    if owns(p as *const u8) {
+        // SAFETY: as in `raw_realloc`.
+        guard((), || unsafe { crate::raw_free(p as *mut u8) });
+    } else {
+        forward_free(RAW, p);
+    }
+}
+
+// ---- MEM and OBJ: the GIL is held ---------------------------------------------------------
+
+macro_rules! gil_hooks {
+    ($domain:expr, $malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
+        extern "C" fn $malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+            // SAFETY: CPython calls MEM/OBJ with the GIL held.
+            guard(null_mut(), || unsafe { crate::gil_malloc($domain, size) } as *mut c_void)
+        }
+        extern "C" fn $calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
+            // SAFETY: as above.
+            guard(null_mut(), || unsafe { crate::gil_calloc($domain, n, size) } as *mut c_void)
+        }
+        extern "C" fn $realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
+            if p.is_null() {
+                return $malloc(_ctx, size);
+            }
+            if owns(p as *const u8) {
+                // SAFETY: the GIL is held and `p` is a live block of ours.
+                return guard(null_mut(), || unsafe {
+                    crate::gil_realloc($domain, p as *mut u8, size) as *mut c_void
+                });
+            }
+            forward_realloc($domain, p, size)
+        }
+        extern "C" fn $free(_ctx: *mut c_void, p: *mut c_void) {
+            if p.is_null() {
+                return;
+            }
+            if owns(p as *const u8) {
+                // SAFETY: as above. Whichever heap owns the block gets it back, so a MEM/OBJ
+                // (or RAW) mix-up cannot corrupt anything.
+                guard((), || unsafe { crate::gil_free(p as *mut u8) });
+            } else {
+                forward_free($domain, p);
+            }
+        }
+    };
+}
+gil_hooks!(MEM, mem_malloc, mem_calloc, mem_realloc, mem_free);
+gil_hooks!(OBJ, obj_malloc, obj_calloc, obj_realloc, obj_free);
+
+#[cold]
+#[inline(never)]
+fn forward_free(domain: usize, p: *mut c_void) {
+    let prev = previous(domain);
+    // SAFETY: counting touches only this caller's counters; `p` is the previous allocator's.
+    unsafe { crate::count_foreign(domain, false) };
+    if let Some(free) = prev.free {
+        free(prev.ctx, p);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn forward_realloc(domain: usize, p: *mut c_void, size: usize) -> *mut c_void {
+    let prev = previous(domain);
+    // SAFETY: as in `forward_free`.
+    unsafe { crate::count_foreign(domain, true) };
+    match prev.realloc {
+        Some(realloc) => realloc(prev.ctx, p, size),
+        None => null_mut(),
+    }
+}
+
+fn ours(domain: usize) -> PyMemAllocatorEx {
+    let (malloc, calloc, realloc, free): (
+        extern "C" fn(*mut c_void, usize) -> *mut c_void,
+        extern "C" fn(*mut c_void, usize, usize) -> *mut c_void,
+        extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void,
+        extern "C" fn(*mut c_void, *mut c_void),
+    ) = match domain {
+        RAW => (raw_malloc, raw_calloc, raw_realloc, raw_free),
+        MEM => (mem_malloc, mem_calloc, mem_realloc, mem_free),
+        _ => (obj_malloc, obj_calloc, obj_realloc, obj_free),
+    };
+    PyMemAllocatorEx {
+        ctx: null_mut(),
+        malloc: Some(malloc),
+        calloc: Some(calloc),
+        realloc: Some(realloc),
+        free: Some(free),
+    }
+}
+
+fn ffi_domain(domain: usize) -> PyMemAllocatorDomain {
+    match domain {
+        RAW => PyMemAllocatorDomain::PYMEM_DOMAIN_RAW,
+        MEM => PyMemAllocatorDomain::PYMEM_DOMAIN_MEM,
+        _ => PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ,
+    }
+}
+
+fn current(domain: usize) -> PyMemAllocatorEx {
+    let mut a = EMPTY;
+    // SAFETY: PyMem_GetAllocator only writes the struct; the GIL is held by our caller.
+    unsafe { ffi::PyMem_GetAllocator(ffi_domain(domain), &mut a) };
+    a
+}
+
+fn same(a: &PyMemAllocatorEx, b: &PyMemAllocatorEx) -> bool {
+    a.ctx == b.ctx
+        && a.malloc.map(|f| f as usize) == b.malloc.map(|f| f as usize)
+        && a.calloc.map(|f| f as usize) == b.calloc.map(|f| f as usize)
+        && a.realloc.map(|f| f as usize) == b.realloc.map(|f| f as usize)
+        && a.free.map(|f| f as usize) == b.free.map(|f| f as usize)
+}
+
+/// CPython's name for the allocators in place ("pymalloc", "malloc", "pymalloc_debug",
+/// "malloc_debug"), or None when some other hook is installed. The function is exported by
+/// 3.8+, but looked up at run time so its absence cannot stop the module from loading.
+fn current_allocator_name() -> Option<String> {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name; the symbol, if found, has the
+    // signature `const char *(void)` and returns a static string or NULL.
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"_PyMem_GetCurrentAllocatorName".as_ptr());
+        if sym.is_null() {
+            return Some("unknown".into());
+        }
+        let f: extern "C" fn() -> *const c_char = core::mem::transmute(sym);
+        let name = f();
+        if name.is_null() {
+            None
+        } else {
+            Some(core::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+        }
+    }
+}
+
+/// Install our hooks into the domains whose bit is set in `mask` (bit 0 RAW, 1 MEM, 2 OBJ).
+/// Arguments are validated by the Python wrapper, which also deals with tracemalloc.
+#[pyfunction]
+fn _install(py: Python<'_>, mask: u8) -> PyResult<()> {
+    if py.version_info() >= (3, 12) {
+        return Err(PyRuntimeError::new_err(
+            "rustmalloc supports CPython 3.9-3.11: from 3.12 a per-interpreter GIL (PEP 684) makes \
+             the MEM and OBJ domains need thread safety that rustmalloc does not provide yet",
+        ));
+    }
+    if crate::os::page_size() > crate::segment::PAGE_SIZE {
+        return Err(PyRuntimeError::new_err(format!(
+            "rustmalloc needs an OS page size of at most {} bytes; this system's is {}",
+            crate::segment::PAGE_SIZE,
+            crate::os::page_size()
+        )));
+    }
+    let have = INSTALLED.load(Acquire);
+    let todo = mask & !have;
+    if todo == 0 {
+        return Ok(());
+    }
+    if have == 0 {
+        match current_allocator_name() {
+            Some(_) => {
+                // SAFETY: under the GIL, before any of our hooks exists.
+                let original = unsafe { &mut *ORIGINAL.0.get() };
+                for (d, slot) in original.iter_mut().enumerate() {
+                    *slot = current(d);
+                }
+            }
+            None => return Err(other_hook_error()),
+        }
+    }
+    // SAFETY: read under the GIL; written only above.
+    let original = unsafe { &*ORIGINAL.0.get() };
+    for d in 0..3 {
+        if todo & (1 << d) != 0 && !same(&current(d), &original[d]) {
+            return Err(other_hook_error());
+        }
+    }
+    crate::raw_heap::init();
+    for d in 0..3 {
+        if todo & (1 << d) == 0 {
+            continue;
+        }
+        // SAFETY: under the GIL; the previous allocator is saved before our hook can run, and
+        // PyMem_SetAllocator copies the struct.
+        unsafe {
+            (*PREVIOUS.0.get())[d] = current(d);
+            let mut mine = ours(d);
+            ffi::PyMem_SetAllocator(ffi_domain(d), &mut mine);
+        }
+        INSTALLED.fetch_or(1 << d, Release);
+    }
+    Ok(())
+}
+
+fn other_hook_error() -> PyErr {
+    PyRuntimeError::new_err(
+        "another memory allocator hook is installed (for example memray, or a C extension's \
+         PyMem_SetAllocator hook): rustmalloc must wrap CPython's own allocators. Install \
+         rustmalloc before that tool starts, or run without it.",
+    )
+}
+
+/// Bit mask of the domains our hooks are in.
+#[pyfunction]
+fn _installed_mask() -> u8 {
+    INSTALLED.load(Acquire)
+}
+
+/// Per domain (raw, mem, obj): (blocks_in_use, bytes_in_use, large_blocks_in_use,
+/// large_bytes_in_use, foreign_frees, foreign_reallocs).
+#[pyfunction]
+fn _domain_totals() -> Vec<(u64, u64, u64, u64, u64, u64)> {
+    crate::domain_totals()
+        .iter()
+        .map(|t| {
+            (
+                t.blocks_in_use,
+                t.bytes_in_use,
+                t.large_blocks_in_use,
+                t.large_bytes_in_use,
+                t.foreign_frees,
+                t.foreign_reallocs,
+            )
+        })
+        .collect()
+}
+
+/// (RAW heaps created, RAW heaps abandoned and waiting for a thread to adopt them)
+#[pyfunction]
+fn _heap_counts() -> (usize, usize) {
+    crate::raw_heap::heap_counts()
+}
+
+/// Whether rustmalloc owns the block at `address` (for tests and diagnostics).
+#[pyfunction]
+#[pyo3(name = "owns")]
+fn py_owns(address: usize) -> bool {
+    crate::owns(address as *const u8)
+}
+
+#[pymodule]
+fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_install, m)?)?;
+    m.add_function(wrap_pyfunction!(_installed_mask, m)?)?;
+    m.add_function(wrap_pyfunction!(_domain_totals, m)?)?;
+    m.add_function(wrap_pyfunction!(_heap_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(py_owns, m)?)?;
+    m.add("SMALL_MAX", crate::size_class::SMALL_MAX)?;
+    m.add("LARGE_MAX", crate::segment::LARGE_MAX)?;
+    Ok(())
+}
