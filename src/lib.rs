@@ -33,6 +33,8 @@ pub mod size_class;
 pub mod stats;
 
 #[cfg(feature = "python")]
+mod bench;
+#[cfg(feature = "python")]
 mod python;
 
 use core::cell::UnsafeCell;

@@ -10,7 +10,7 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_void};
 use core::panic::AssertUnwindSafe;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU8, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
 use pyo3::prelude::*;
@@ -31,6 +31,8 @@ static PREVIOUS: Saved = Saved(UnsafeCell::new([EMPTY; 3]));
 static ORIGINAL: Saved = Saved(UnsafeCell::new([EMPTY; 3]));
 /// Bit d set: our hooks are in domain d.
 static INSTALLED: AtomicU8 = AtomicU8::new(0);
+/// The hooks installed only forward to the previous allocator (benchmark floor).
+static FORWARD_ONLY: AtomicBool = AtomicBool::new(false);
 
 #[inline(always)]
 fn previous(domain: usize) -> &'static PyMemAllocatorEx {
@@ -141,16 +143,49 @@ fn forward_realloc(domain: usize, p: *mut c_void, size: usize) -> *mut c_void {
     }
 }
 
-fn ours(domain: usize) -> PyMemAllocatorEx {
-    let (malloc, calloc, realloc, free): (
-        extern "C" fn(*mut c_void, usize) -> *mut c_void,
-        extern "C" fn(*mut c_void, usize, usize) -> *mut c_void,
-        extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void,
-        extern "C" fn(*mut c_void, *mut c_void),
-    ) = match domain {
-        RAW => (raw_malloc, raw_calloc, raw_realloc, raw_free),
-        MEM => (mem_malloc, mem_calloc, mem_realloc, mem_free),
-        _ => (obj_malloc, obj_calloc, obj_realloc, obj_free),
+// ---- Forward-only hooks: the floor cost of being a hook (a benchmark configuration) ---------
+
+macro_rules! forward_hooks {
+    ($domain:expr, $malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
+        extern "C" fn $malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+            let prev = previous($domain);
+            prev.malloc.map_or(null_mut(), |f| f(prev.ctx, size))
+        }
+        extern "C" fn $calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
+            let prev = previous($domain);
+            prev.calloc.map_or(null_mut(), |f| f(prev.ctx, n, size))
+        }
+        extern "C" fn $realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
+            let prev = previous($domain);
+            prev.realloc.map_or(null_mut(), |f| f(prev.ctx, p, size))
+        }
+        extern "C" fn $free(_ctx: *mut c_void, p: *mut c_void) {
+            let prev = previous($domain);
+            if let Some(f) = prev.free {
+                f(prev.ctx, p)
+            }
+        }
+    };
+}
+forward_hooks!(RAW, fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_free);
+forward_hooks!(MEM, fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free);
+forward_hooks!(OBJ, fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free);
+
+type Hooks = (
+    extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    extern "C" fn(*mut c_void, usize, usize) -> *mut c_void,
+    extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void,
+    extern "C" fn(*mut c_void, *mut c_void),
+);
+
+fn hooks(domain: usize, forward_only: bool) -> PyMemAllocatorEx {
+    let (malloc, calloc, realloc, free): Hooks = match (domain, forward_only) {
+        (RAW, false) => (raw_malloc, raw_calloc, raw_realloc, raw_free),
+        (MEM, false) => (mem_malloc, mem_calloc, mem_realloc, mem_free),
+        (_, false) => (obj_malloc, obj_calloc, obj_realloc, obj_free),
+        (RAW, true) => (fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_free),
+        (MEM, true) => (fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free),
+        (_, true) => (fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free),
     };
     PyMemAllocatorEx {
         ctx: null_mut(),
@@ -207,8 +242,12 @@ fn current_allocator_name() -> Option<String> {
 
 /// Install our hooks into the domains whose bit is set in `mask` (bit 0 RAW, 1 MEM, 2 OBJ).
 /// Arguments are validated by the Python wrapper, which also deals with tracemalloc.
+///
+/// `forward_only` installs hooks that hand every call to the previous allocator: the cost of
+/// being a hook and nothing else, for the benchmarks. It is fixed by the first install.
 #[pyfunction]
-fn _install(py: Python<'_>, mask: u8) -> PyResult<()> {
+#[pyo3(signature = (mask, forward_only = false))]
+fn _install(py: Python<'_>, mask: u8, forward_only: bool) -> PyResult<()> {
     if py.version_info() >= (3, 12) {
         return Err(PyRuntimeError::new_err(
             "rustmalloc supports CPython 3.9-3.11: from 3.12 a per-interpreter GIL (PEP 684) makes \
@@ -227,6 +266,13 @@ fn _install(py: Python<'_>, mask: u8) -> PyResult<()> {
     if todo == 0 {
         return Ok(());
     }
+    if have != 0 && forward_only != FORWARD_ONLY.load(Relaxed) {
+        return Err(PyRuntimeError::new_err(
+            "rustmalloc is already installed in the other mode (forwarding or allocating); \
+             the mode is fixed by the first install() of the process",
+        ));
+    }
+    FORWARD_ONLY.store(forward_only, Relaxed);
     if have == 0 {
         match current_allocator_name() {
             Some(_) => {
@@ -255,7 +301,7 @@ fn _install(py: Python<'_>, mask: u8) -> PyResult<()> {
         // PyMem_SetAllocator copies the struct.
         unsafe {
             (*PREVIOUS.0.get())[d] = current(d);
-            let mut mine = ours(d);
+            let mut mine = hooks(d, forward_only);
             ffi::PyMem_SetAllocator(ffi_domain(d), &mut mine);
         }
         INSTALLED.fetch_or(1 << d, Release);
@@ -316,6 +362,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_domain_totals, m)?)?;
     m.add_function(wrap_pyfunction!(_heap_counts, m)?)?;
     m.add_function(wrap_pyfunction!(py_owns, m)?)?;
+    crate::bench::register(m)?;
     m.add("SMALL_MAX", crate::size_class::SMALL_MAX)?;
     m.add("LARGE_MAX", crate::segment::LARGE_MAX)?;
     Ok(())

@@ -80,6 +80,16 @@ def install(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
     the same traceback limit (traces taken before the call are lost): tracemalloc must wrap
     rustmalloc, never the reverse. Raises RuntimeError if another allocator hook is in place.
     """
+    _install(domains, forward_only=False)
+
+
+def _install_forward_only(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
+    """Install hooks that hand every call to the previous allocator: the floor cost of being a
+    hook, for benchmarks. Not for use otherwise; the mode is fixed by the first install."""
+    _install(domains, forward_only=True)
+
+
+def _install(domains: Union[str, Iterable[str]], forward_only: bool) -> None:
     mask = _domain_mask(domains)
     _check_supported()
     if mask & ~_ext._installed_mask() == 0:
@@ -91,7 +101,7 @@ def install(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
     if tracing:
         _tracemalloc.stop()
     try:
-        _ext._install(mask)
+        _ext._install(mask, forward_only)
     finally:
         if tracing:
             _tracemalloc.start(limit)
