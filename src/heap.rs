@@ -65,6 +65,16 @@ unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
 /// The caller is `h`'s owner (see the module doc) and `domain < DOMAINS`.
 #[inline(always)]
 pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+    alloc_counted::<true>(h, size, domain)
+}
+
+/// `alloc`, with the fast path's statistics compiled in or out (`STATS = false` exists only
+/// to measure what the counters cost; slow paths always count).
+///
+/// # Safety
+/// As for `alloc`.
+#[inline(always)]
+pub unsafe fn alloc_counted<const STATS: bool>(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     if size <= SMALL_MAX {
         let class = SizeClass::of(size).index();
         let page = (*queue(h, domain, class)).first;
@@ -73,7 +83,10 @@ pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
             if !block.is_null() {
                 (*page).free = *(block as *mut *mut u8);
                 (*page).used += 1;
-                (*h).counters.allocs[domain][class].add(1);
+                if STATS {
+                    // SAFETY: `domain < DOMAINS` (callers' contract), `class < NUM_CLASSES`.
+                    (*h).counters.allocs.get_unchecked(domain).get_unchecked(class).add(1);
+                }
                 return block;
             }
         }
@@ -82,11 +95,14 @@ pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     alloc_large(h, size, domain)
 }
 
+
+
 /// `alloc` of `n * size` zeroed bytes; null on overflow.
 ///
 /// # Safety
 /// As for `alloc`.
 pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -> *mut u8 {
+    (*h).counters.callocs[domain].add(1);
     let Some(total) = n.checked_mul(size) else { return null_mut() };
     if total > LARGE_MAX {
         return alloc_huge(h, total, domain); // a fresh mapping reads as zeros
@@ -108,7 +124,7 @@ unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8
         if page.is_null() {
             break;
         }
-        if !(*page).free.is_null() || extend_free_list(page) {
+        if !(*page).free.is_null() || carve(h, page) {
             return pop(h, page, class, domain);
         }
         queue_remove(q, page);
@@ -119,17 +135,31 @@ unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8
         return null_mut();
     }
     init_small_page(page, SizeClass(class as u8), domain as u8);
+    (*h).counters.pages[domain][class].add(1);
     queue_push_front(q, page);
-    extend_free_list(page);
+    carve(h, page);
     pop(h, page, class, domain)
+}
+
+/// Carve more blocks into an empty free list; false if the page is all carved.
+unsafe fn carve(h: *mut Heap, page: *mut Page) -> bool {
+    let n = extend_free_list(page);
+    (*h).counters.carved[(*page).domain as usize][(*page).class as usize].add(n as u64);
+    n != 0
 }
 
 #[inline(always)]
 unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mut u8 {
     let block = (*page).free;
     (*page).free = *(block as *mut *mut u8);
+    // The page's free blocks are now where allocation happens: they count towards the peak
+    // sampling throttle (see `Counters::note_available`).
+    let bs = (*page).block_size as u64;
+    let available = ((*page).capacity - (*page).used) as u64 * bs;
     (*page).used += 1;
-    (*h).counters.allocs[domain][class].add(1);
+    let c = &(*h).counters;
+    c.allocs[domain][class].add(1);
+    c.note_available(available);
     block
 }
 
@@ -152,9 +182,29 @@ unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     (*page).domain = domain as u8;
     (*page).class = 0;
     (*page).full = false;
-    (*h).counters.allocs[domain][LARGE_SLOT].add(1);
-    (*h).counters.large_bytes_allocated[domain].add(rounded as u64);
+    count_large_alloc(h, domain, rounded);
     (*page).start
+}
+
+unsafe fn count_large_alloc(h: *mut Heap, domain: usize, rounded: usize) {
+    let c = &(*h).counters;
+    c.allocs[domain][LARGE_SLOT].add(1);
+    c.large_bytes_allocated[domain].add(rounded as u64);
+    c.note_available(rounded as u64);
+}
+
+unsafe fn count_large_free(h: *mut Heap, domain: usize, rounded: usize) {
+    let c = &(*h).counters;
+    c.frees[domain][LARGE_SLOT].add(1);
+    c.large_bytes_freed[domain].add(rounded as u64);
+}
+
+/// A large or huge block resized in place from `old` to `new` bytes (16-byte rounded).
+unsafe fn count_large_resize(h: *mut Heap, domain: usize, old: usize, new: usize) {
+    let c = &(*h).counters;
+    c.large_bytes_freed[domain].add(old as u64);
+    c.large_bytes_allocated[domain].add(new as u64);
+    c.note_available(new.saturating_sub(old) as u64);
 }
 
 unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
@@ -163,8 +213,7 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     }
     let p = huge_alloc(size, domain as u8);
     if !p.is_null() {
-        (*h).counters.allocs[domain][LARGE_SLOT].add(1);
-        (*h).counters.large_bytes_allocated[domain].add(segment::huge_rounded(size) as u64);
+        count_large_alloc(h, domain, segment::huge_rounded(size));
     }
     p
 }
@@ -204,12 +253,25 @@ unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
 /// `p` is a live block of ours (`segment_map::owns(p)`), and the caller is `h`'s owner.
 #[inline(always)]
 pub unsafe fn free(h: *mut Heap, p: *mut u8) {
+    free_counted::<true>(h, p)
+}
+
+/// `free`, with the fast path's statistics compiled in or out (see `alloc_counted`).
+///
+/// # Safety
+/// As for `free`.
+#[inline(always)]
+pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
     let seg = segment_of(p);
     let page = page_of(p);
     // A huge segment's owner is null, so `page` (inside the huge block) is never read for it.
     if (*seg).owner == h && (*page).kind == PageKind::Small {
         let (domain, class) = ((*page).domain as usize, (*page).class as usize);
-        (*h).counters.frees[domain][class].add(1);
+        if STATS {
+            // SAFETY: a small page's domain and class are set by `init_small_page` from a valid
+            // domain and a `SizeClass`, so both indices are in bounds.
+            (*h).counters.frees.get_unchecked(domain).get_unchecked(class).add(1);
+        }
         *(p as *mut *mut u8) = (*page).free;
         (*page).free = p;
         (*page).used -= 1;
@@ -225,9 +287,7 @@ pub unsafe fn free(h: *mut Heap, p: *mut u8) {
 #[inline(never)]
 unsafe fn free_slow(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *mut u8) {
     if (*seg).kind == SegmentKind::Huge {
-        let domain = (*seg).huge_domain as usize;
-        (*h).counters.frees[domain][LARGE_SLOT].add(1);
-        (*h).counters.large_bytes_freed[domain].add((*seg).huge_size as u64);
+        count_large_free(h, (*seg).huge_domain as usize, (*seg).huge_size);
         segment::release_segment(seg);
         return;
     }
@@ -246,8 +306,7 @@ unsafe fn count_free(h: *mut Heap, page: *mut Page) {
     if (*page).kind == PageKind::Small {
         (*h).counters.frees[domain][(*page).class as usize].add(1);
     } else {
-        (*h).counters.frees[domain][LARGE_SLOT].add(1);
-        (*h).counters.large_bytes_freed[domain].add((*page).block_size as u64);
+        count_large_free(h, domain, (*page).block_size as usize);
     }
 }
 
@@ -307,6 +366,9 @@ unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
     }
     if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
         queue_remove(q, page);
+        let (d, c) = ((*page).domain as usize, (*page).class as usize);
+        (*h).counters.pages[d][c].sub(1);
+        (*h).counters.carved[d][c].sub((*page).capacity as u64);
         release_pages(h, page);
     }
 }
@@ -335,6 +397,7 @@ unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
 /// # Safety
 /// As for `free`.
 pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *mut u8 {
+    (*h).counters.reallocs[domain].add(1);
     if size > isize::MAX as usize {
         return null_mut();
     }
@@ -346,9 +409,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             let d = (*seg).huge_domain as usize;
             let q = huge_resize(seg, size);
             if !q.is_null() {
-                let seg = segment_of(q);
-                (*h).counters.large_bytes_freed[d].add(old_size as u64);
-                (*h).counters.large_bytes_allocated[d].add((*seg).huge_size as u64);
+                count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
             }
             return q;
         }
@@ -368,10 +429,8 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 segment::extend_span(page, extra)
             };
             if fits || grown {
-                let d = (*page).domain as usize;
                 let rounded = segment::huge_rounded(size);
-                (*h).counters.large_bytes_freed[d].add(old_size as u64);
-                (*h).counters.large_bytes_allocated[d].add(rounded as u64);
+                count_large_resize(h, (*page).domain as usize, old_size, rounded);
                 (*page).block_size = rounded as u32;
                 return p;
             }

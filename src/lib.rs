@@ -138,13 +138,48 @@ pub unsafe fn raw_free(p: *mut u8) {
     }
 }
 
-/// Per-domain in-use totals, summed over every heap.
-pub fn domain_totals() -> [stats::DomainTotals; 3] {
+/// Every heap's counters, summed.
+pub fn summary() -> stats::Summary {
     let mut sum = stats::Summary::new();
     // SAFETY: the counters are atomics; reading them needs no ownership.
     sum.add(unsafe { &(*gil_heap()).counters });
     raw_heap::add_counters(&mut sum);
+    sum
+}
+
+/// Per-domain totals, summed over every heap.
+pub fn domain_totals() -> [stats::DomainTotals; 3] {
+    let sum = summary();
     [sum.domain(RAW), sum.domain(MEM), sum.domain(OBJ)]
+}
+
+/// Restart every peak (per domain and overall) from the current live figures.
+pub fn reset_peak() {
+    // SAFETY: as in `summary`.
+    unsafe { (*gil_heap()).counters.reset_peak() };
+    raw_heap::for_each_counters(|c| c.reset_peak());
+}
+
+/// What we hold from the OS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsTotals {
+    /// Bytes mapped now (segments, huge blocks, metadata), and ever given back.
+    pub bytes_mapped: usize,
+    pub bytes_returned: usize,
+    /// Bytes of our segments resident in physical memory now (measured with mincore).
+    pub bytes_resident: usize,
+    pub segments: usize,
+    pub segments_peak: usize,
+}
+
+pub fn os_totals() -> OsTotals {
+    let (bytes_mapped, bytes_returned) = os::mapping_totals();
+    let (segments, segments_peak) = segment::segment_counts();
+    let mut bytes_resident = 0;
+    segment_map::for_each(|base, _| {
+        bytes_resident += os::resident_bytes(base, segment::SEGMENT_SIZE).unwrap_or(0);
+    });
+    OsTotals { bytes_mapped, bytes_returned, bytes_resident, segments, segments_peak }
 }
 
 /// Count a free or realloc handed to the previous allocator (called by the hooks).

@@ -8,6 +8,14 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+/// Bytes currently mapped by us, and bytes ever given back (munmap or MADV_DONTNEED).
+static BYTES_MAPPED: AtomicUsize = AtomicUsize::new(0);
+static BYTES_RETURNED: AtomicUsize = AtomicUsize::new(0);
+
+/// (bytes mapped now, bytes returned to the OS so far)
+pub fn mapping_totals() -> (usize, usize) {
+    (BYTES_MAPPED.load(Relaxed), BYTES_RETURNED.load(Relaxed))
+}
 
 /// The OS page size, from `sysconf` (4 KiB on x86_64, 4/16/64 KiB on aarch64), never assumed.
 #[inline]
@@ -42,9 +50,10 @@ pub fn map_aligned(size: usize, align: usize, hint: usize) -> *mut u8 {
         return null_mut();
     }
     if p as usize & (align - 1) == 0 {
+        BYTES_MAPPED.fetch_add(size, Relaxed);
         return p;
     }
-    unmap(p, size);
+    raw_unmap(p, size);
     let Some(over) = size.checked_add(align) else { return null_mut() };
     let p = map(over, 0);
     if p.is_null() {
@@ -54,11 +63,12 @@ pub fn map_aligned(size: usize, align: usize, hint: usize) -> *mut u8 {
     let head = start - p as usize;
     let tail = over - head - size;
     if head > 0 {
-        unmap(p, head);
+        raw_unmap(p, head);
     }
     if tail > 0 {
-        unmap((start + size) as *mut u8, tail);
+        raw_unmap((start + size) as *mut u8, tail);
     }
+    BYTES_MAPPED.fetch_add(size, Relaxed);
     start as *mut u8
 }
 
@@ -81,16 +91,49 @@ fn map(size: usize, hint: usize) -> *mut u8 {
     }
 }
 
-/// Give a mapping back to the OS.
+/// Give (part of) a mapping of ours back to the OS.
 pub fn unmap(p: *mut u8, size: usize) {
+    if raw_unmap(p, size) {
+        BYTES_MAPPED.fetch_sub(size, Relaxed);
+        BYTES_RETURNED.fetch_add(size, Relaxed);
+    }
+}
+
+fn raw_unmap(p: *mut u8, size: usize) -> bool {
     // SAFETY: callers pass a range they mapped and no longer use.
-    unsafe { libc::munmap(p as *mut libc::c_void, size) };
+    unsafe { libc::munmap(p as *mut libc::c_void, size) == 0 }
 }
 
 /// Drop the contents of a range (it reads as zeros afterwards) and return its physical pages.
 pub fn decommit(p: *mut u8, size: usize) -> bool {
     // SAFETY: callers pass a page-aligned range inside one of our mappings holding no live data.
-    unsafe { libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED) == 0 }
+    let ok = unsafe { libc::madvise(p as *mut libc::c_void, size, libc::MADV_DONTNEED) == 0 };
+    if ok {
+        BYTES_RETURNED.fetch_add(size, Relaxed);
+    }
+    ok
+}
+
+/// How many bytes of `[p, p + size)` are resident in physical memory, or None if part of the
+/// range is not mapped (it may have been unmapped by another thread meanwhile).
+pub fn resident_bytes(p: *mut u8, size: usize) -> Option<usize> {
+    let ps = page_size();
+    let mut vec = [0u8; 1024];
+    let mut resident = 0;
+    let mut off = 0;
+    while off < size {
+        let chunk = (size - off).min(vec.len() * ps);
+        // SAFETY: mincore only reads the page tables; `vec` has room for chunk / ps entries.
+        let r = unsafe {
+            libc::mincore(p.add(off) as *mut libc::c_void, chunk, vec.as_mut_ptr())
+        };
+        if r != 0 {
+            return None;
+        }
+        resident += vec[..chunk / ps].iter().filter(|&&v| v & 1 != 0).count() * ps;
+        off += chunk;
+    }
+    Some(resident)
 }
 
 /// Grow or shrink a mapping without moving it. Returns false if the pages after it are taken.
@@ -98,7 +141,20 @@ pub fn resize_in_place(p: *mut u8, old: usize, new: usize) -> bool {
     // SAFETY: `p` is the start of a mapping of `old` bytes; without MREMAP_MAYMOVE the kernel
     // either resizes it where it is or fails.
     let r = unsafe { libc::mremap(p as *mut libc::c_void, old, new, 0) };
-    r != libc::MAP_FAILED
+    let ok = r != libc::MAP_FAILED;
+    if ok {
+        adjust_mapped(old, new);
+    }
+    ok
+}
+
+fn adjust_mapped(old: usize, new: usize) {
+    if new > old {
+        BYTES_MAPPED.fetch_add(new - old, Relaxed);
+    } else {
+        BYTES_MAPPED.fetch_sub(old - new, Relaxed);
+        BYTES_RETURNED.fetch_add(old - new, Relaxed);
+    }
 }
 
 /// Move the pages of a mapping (`old` bytes at `from`) to `to`, a fresh mapping of `new` bytes,
@@ -115,7 +171,12 @@ pub fn move_mapping(from: *mut u8, old: usize, to: *mut u8, new: usize) -> bool 
             to as *mut libc::c_void,
         )
     };
-    r != libc::MAP_FAILED
+    let ok = r != libc::MAP_FAILED;
+    if ok {
+        // `to`'s own `new` bytes were replaced: what disappeared is `from`'s `old`.
+        BYTES_MAPPED.fetch_sub(old, Relaxed);
+    }
+    ok
 }
 
 #[cfg(test)]

@@ -323,23 +323,93 @@ fn _installed_mask() -> u8 {
     INSTALLED.load(Acquire)
 }
 
-/// Per domain (raw, mem, obj): (blocks_in_use, bytes_in_use, large_blocks_in_use,
-/// large_bytes_in_use, foreign_frees, foreign_reallocs).
+/// The field order of each domain tuple `_snapshot` returns.
+const DOMAIN_FIELDS: [&str; 14] = [
+    "blocks_in_use",
+    "bytes_in_use",
+    "peak_bytes_in_use",
+    "allocs",
+    "callocs",
+    "reallocs",
+    "frees",
+    "foreign_frees",
+    "foreign_reallocs",
+    "large_allocs",
+    "large_blocks_in_use",
+    "large_bytes_in_use",
+    "bytes_allocated",
+    "bytes_freed",
+];
+
+type DomainTuple = Vec<u64>;
+type ClassTuple = (usize, usize, u64, u64, u64, u64);
+type OsTuple = (usize, usize, usize, usize, usize);
+
+/// Everything the statistics report, as plain tuples the Python layer names:
+/// (domains: one `DOMAIN_FIELDS` tuple per domain,
+///  classes: (domain, class, block_size, blocks_in_use, blocks_free, pages) for each class
+///           with pages or live blocks,
+///  os: (bytes_mapped, bytes_returned, bytes_resident, segments, segments_peak),
+///  heaps: (RAW heaps created, abandoned)).
 #[pyfunction]
-fn _domain_totals() -> Vec<(u64, u64, u64, u64, u64, u64)> {
-    crate::domain_totals()
-        .iter()
-        .map(|t| {
-            (
+fn _snapshot() -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
+    let sum = crate::summary();
+    let domains = (0..3)
+        .map(|d| {
+            let t = sum.domain(d);
+            vec![
                 t.blocks_in_use,
                 t.bytes_in_use,
-                t.large_blocks_in_use,
-                t.large_bytes_in_use,
+                t.peak_bytes_in_use,
+                t.allocs,
+                t.callocs,
+                t.reallocs,
+                t.frees,
                 t.foreign_frees,
                 t.foreign_reallocs,
-            )
+                t.large_allocs,
+                t.large_blocks_in_use,
+                t.large_bytes_in_use,
+                t.bytes_allocated,
+                t.bytes_freed,
+            ]
         })
-        .collect()
+        .collect();
+    let mut classes = Vec::new();
+    for d in 0..3 {
+        for c in 0..crate::size_class::NUM_CLASSES {
+            let t = sum.class(d, c);
+            if t.pages != 0 || t.blocks_in_use != 0 {
+                let bs = crate::size_class::BLOCK_SIZES[c] as u64;
+                classes.push((d, c, bs, t.blocks_in_use, t.blocks_free, t.pages));
+            }
+        }
+    }
+    let o = crate::os_totals();
+    let os = (o.bytes_mapped, o.bytes_returned, o.bytes_resident, o.segments, o.segments_peak);
+    (domains, classes, os, crate::raw_heap::heap_counts())
+}
+
+/// Process-wide running totals for `track()`: (bytes allocated, bytes freed, blocks allocated,
+/// blocks freed, bytes live, peak of bytes live since the last reset), all domains.
+#[pyfunction]
+fn _track_totals() -> (u64, u64, u64, u64, u64, u64) {
+    let sum = crate::summary();
+    let mut t = (0u64, 0u64, 0u64, 0u64, sum.live_all, sum.peak_all);
+    for d in 0..3 {
+        let x = sum.domain(d);
+        t.0 += x.bytes_allocated;
+        t.1 += x.bytes_freed;
+        t.2 += x.allocs;
+        t.3 += x.frees;
+    }
+    t
+}
+
+/// Restart the peaks from the current figures.
+#[pyfunction]
+fn _reset_peak() {
+    crate::reset_peak();
 }
 
 /// (RAW heaps created, RAW heaps abandoned and waiting for a thread to adopt them)
@@ -359,7 +429,10 @@ fn py_owns(address: usize) -> bool {
 fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_install, m)?)?;
     m.add_function(wrap_pyfunction!(_installed_mask, m)?)?;
-    m.add_function(wrap_pyfunction!(_domain_totals, m)?)?;
+    m.add_function(wrap_pyfunction!(_snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(_track_totals, m)?)?;
+    m.add_function(wrap_pyfunction!(_reset_peak, m)?)?;
+    m.add("DOMAIN_FIELDS", DOMAIN_FIELDS)?;
     m.add_function(wrap_pyfunction!(_heap_counts, m)?)?;
     m.add_function(wrap_pyfunction!(py_owns, m)?)?;
     crate::bench::register(m)?;

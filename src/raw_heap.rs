@@ -25,7 +25,7 @@
 
 use crate::heap::{self, Heap};
 use crate::os;
-use crate::stats::Summary;
+use crate::stats::{Counters, Summary};
 use core::cell::Cell;
 use core::ptr::null_mut;
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
@@ -234,11 +234,16 @@ extern "C" fn fork_child() {
 
 /// Add the counters of every RAW heap to `sum`.
 pub fn add_counters(sum: &mut Summary) {
+    for_each_counters(|c| sum.add(c));
+}
+
+/// Visit the counters of every RAW heap.
+pub fn for_each_counters(mut f: impl FnMut(&Counters)) {
     let mut h = REGISTRY.load(Acquire);
     while !h.is_null() {
         // SAFETY: registry entries are never freed; counters are atomics.
         unsafe {
-            sum.add(&(*h).heap.counters);
+            f(&(*h).heap.counters);
             h = (*h).next_in_registry;
         }
     }

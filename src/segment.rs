@@ -49,6 +49,7 @@ const _: () = {
     assert!(core::mem::size_of::<SegmentHeader>() <= HUGE_OFFSET && HUGE_OFFSET % 16 == 0);
     assert!(PAGES_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<Page>() <= PAGE_SIZE);
     assert!(PAGES_PER_SEGMENT <= 64); // the free-page set is one u64
+    assert!(core::mem::size_of::<Page>() == 64);
     assert!(SMALL_MAX * 2 <= PAGE_SIZE && LARGE_MAX < SEGMENT_SIZE - PAGE_SIZE);
 };
 
@@ -110,6 +111,8 @@ pub struct Page {
     pub start: *mut u8,
     pub next: *mut Page,
     pub prev: *mut Page,
+    /// To 64 bytes: one cache line, and `page_of` is a shift.
+    _pad: u64,
 }
 
 #[inline(always)]
@@ -128,6 +131,26 @@ pub fn page_of(p: *const u8) -> *mut Page {
 #[inline(always)]
 pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
     (seg as usize + PAGES_OFFSET + idx * core::mem::size_of::<Page>()) as *mut Page
+}
+
+/// Segments mapped now (pages and huge) and the most there have been.
+static SEGMENTS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static SEGMENTS_PEAK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// (segments mapped now, peak)
+pub fn segment_counts() -> (usize, usize) {
+    use core::sync::atomic::Ordering::Relaxed;
+    (SEGMENTS.load(Relaxed), SEGMENTS_PEAK.load(Relaxed))
+}
+
+fn count_segment(delta: isize) {
+    use core::sync::atomic::Ordering::Relaxed;
+    if delta > 0 {
+        let now = SEGMENTS.fetch_add(1, Relaxed) + 1;
+        SEGMENTS_PEAK.fetch_max(now, Relaxed);
+    } else {
+        SEGMENTS.fetch_sub(1, Relaxed);
+    }
 }
 
 /// The first address a new segment should be tried at: just after the last one we mapped, which
@@ -181,13 +204,15 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
                 start: base.add(i * PAGE_SIZE),
                 next: null_mut(),
                 prev: null_mut(),
+                _pad: 0,
             });
         }
     }
-    if !segment_map::register(base) {
+    if !segment_map::register(base, SEGMENT_SIZE, segment_map::PAGES) {
         os::unmap(base, SEGMENT_SIZE);
         return null_mut();
     }
+    count_segment(1);
     seg
 }
 
@@ -197,8 +222,9 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
 /// `seg` is one of our segments holding no live block; nothing refers to it afterwards.
 pub unsafe fn release_segment(seg: *mut SegmentHeader) {
     let size = (*seg).mapped;
-    segment_map::unregister(seg as *mut u8);
+    segment_map::unregister(seg as *mut u8, size);
     os::unmap(seg as *mut u8, size);
+    count_segment(-1);
 }
 
 /// Take `count` contiguous free pages from `seg`; returns the first page's descriptor or null.
@@ -305,14 +331,14 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
 }
 
 /// Carve more untouched blocks of a small page into its free list: about one OS page's worth at
-/// a time, so a page's memory is touched only as it is used. Returns false if it is all carved.
+/// a time, so a page's memory is touched only as it is used. Returns how many (0: all carved).
 ///
 /// # Safety
 /// `page` is a small page with an empty free list, owned by the caller.
-pub unsafe fn extend_free_list(page: *mut Page) -> bool {
+pub unsafe fn extend_free_list(page: *mut Page) -> u32 {
     let (cap, res) = ((*page).capacity, (*page).reserved);
     if cap >= res {
-        return false;
+        return 0;
     }
     let bs = (*page).block_size as usize;
     let batch = (os::page_size() / bs).max(1).min((res - cap) as usize);
@@ -326,7 +352,7 @@ pub unsafe fn extend_free_list(page: *mut Page) -> bool {
     (b as *mut *mut u8).write(null_mut());
     (*page).free = first;
     (*page).capacity = cap + batch as u32;
-    true
+    batch as u32
 }
 
 /// Map a huge block of `size` bytes in a segment of its own. Returns the block, or null.
@@ -355,10 +381,11 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             huge_size: huge_rounded(size),
         });
     }
-    if !segment_map::register(base) {
+    if !segment_map::register(base, mapped, segment_map::HUGE) {
         os::unmap(base, mapped);
         return null_mut();
     }
+    count_segment(1);
     base.wrapping_add(HUGE_OFFSET)
 }
 
@@ -381,6 +408,7 @@ pub unsafe fn huge_resize(seg: *mut SegmentHeader, size: usize) -> *mut u8 {
     if need <= mapped {
         // Shrink: unmap whole segments past the end, decommit the rest of the tail.
         if need < mapped {
+            segment_map::unregister((seg as *mut u8).add(need), mapped - need);
             os::unmap((seg as *mut u8).add(need), mapped - need);
             (*seg).mapped = need;
         }
@@ -392,6 +420,11 @@ pub unsafe fn huge_resize(seg: *mut SegmentHeader, size: usize) -> *mut u8 {
         return (seg as *mut u8).add(HUGE_OFFSET);
     }
     if os::resize_in_place(seg as *mut u8, mapped, need) {
+        let tail = (seg as *mut u8).add(mapped);
+        if !segment_map::register(tail, need - mapped, segment_map::HUGE_TAIL) {
+            os::resize_in_place(seg as *mut u8, need, mapped);
+            return null_mut();
+        }
         (*seg).mapped = need;
         (*seg).huge_size = huge_rounded(size);
         return (seg as *mut u8).add(HUGE_OFFSET);
@@ -400,17 +433,18 @@ pub unsafe fn huge_resize(seg: *mut SegmentHeader, size: usize) -> *mut u8 {
     if to.is_null() {
         return null_mut();
     }
-    if !segment_map::register(to) {
+    if !segment_map::register(to, need, segment_map::HUGE) {
         os::unmap(to, need);
         return null_mut();
     }
     // The block is the caller's alone: leaving the map before the move opens no window for
-    // anyone else's pointer.
-    segment_map::unregister(seg as *mut u8);
+    // anyone else's pointer; the old range is mapped again, as it was, if the move fails.
+    segment_map::unregister(seg as *mut u8, mapped);
     if !os::move_mapping(seg as *mut u8, mapped, to, need) {
-        segment_map::unregister(to);
+        segment_map::unregister(to, need);
         os::unmap(to, need);
-        segment_map::register(seg as *mut u8);
+        // Cannot fail: the leaves for this range exist already.
+        segment_map::register(seg as *mut u8, mapped, segment_map::HUGE);
         return null_mut();
     }
     let moved = to as *mut SegmentHeader;

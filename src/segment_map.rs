@@ -8,6 +8,11 @@
 //!
 //! Invariant: an entry is set from just after its segment is mapped until just before it is
 //! unmapped, so no pointer of someone else's mapping can ever be found in the map.
+//!
+//! Entries say what a segment is (`PAGES`, `HUGE`: the first segment of a huge mapping, which
+//! holds its header and its block, `HUGE_TAIL`: the others), so the map alone describes every
+//! byte we have mapped: the statistics measure residency from it without reading a header
+//! that another thread might be unmapping.
 
 use crate::os;
 use crate::segment::{SEGMENT_SHIFT, SEGMENT_SIZE};
@@ -21,6 +26,12 @@ const ROOT_LEN: usize = 1 << ROOT_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
 
 type Leaf = [AtomicU8; LEAF_LEN];
+
+pub const PAGES: u8 = 1;
+pub const HUGE: u8 = 2;
+pub const HUGE_TAIL: u8 = 4;
+/// Entries whose segment can hold a pointer we handed out.
+const BLOCK_BEARING: u8 = PAGES | HUGE;
 
 static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(null_mut()) }; ROOT_LEN];
 
@@ -40,12 +51,35 @@ pub fn owns(p: *const u8) -> bool {
     let Some((r, l)) = split(p as usize) else { return false };
     let leaf = ROOT[r].load(Acquire);
     // SAFETY: a non-null root entry points to a leaf that is never unmapped.
-    !leaf.is_null() && unsafe { (*leaf)[l].load(Relaxed) } != 0
+    !leaf.is_null() && unsafe { (*leaf)[l].load(Relaxed) } & BLOCK_BEARING != 0
 }
 
-/// Record the segment at `base` (aligned to `SEGMENT_SIZE`). Returns false if the leaf for it
-/// could not be mapped (the caller then unmaps the segment: it cannot be used).
-pub fn register(base: *mut u8) -> bool {
+/// Record the mapping of `size` bytes at `base` (aligned to `SEGMENT_SIZE`, `size` a multiple
+/// of it): its first segment as `kind`, the rest as `HUGE_TAIL`. Returns false, recording
+/// nothing, if a leaf could not be mapped (the caller then unmaps: the memory cannot be used).
+pub fn register(base: *mut u8, size: usize, kind: u8) -> bool {
+    let mut off = 0;
+    while off < size {
+        let k = if off == 0 { kind } else { HUGE_TAIL };
+        if !set((base as usize + off) as *mut u8, k) {
+            unregister(base, off);
+            return false;
+        }
+        off += SEGMENT_SIZE;
+    }
+    true
+}
+
+/// Forget the mapping of `size` bytes at `base`; call before unmapping it.
+pub fn unregister(base: *mut u8, size: usize) {
+    let mut off = 0;
+    while off < size {
+        clear((base as usize + off) as *mut u8);
+        off += SEGMENT_SIZE;
+    }
+}
+
+fn set(base: *mut u8, kind: u8) -> bool {
     debug_assert_eq!(base as usize % SEGMENT_SIZE, 0);
     let Some((r, l)) = split(base as usize) else { return false };
     let mut leaf = ROOT[r].load(Acquire);
@@ -64,17 +98,34 @@ pub fn register(base: *mut u8) -> bool {
         }
     }
     // SAFETY: `leaf` is a live leaf (just installed, or installed by another thread).
-    unsafe { (*leaf)[l].store(1, Release) };
+    unsafe { (*leaf)[l].store(kind, Release) };
     true
 }
 
-/// Forget the segment at `base`; call before unmapping it.
-pub fn unregister(base: *mut u8) {
+fn clear(base: *mut u8) {
     let Some((r, l)) = split(base as usize) else { return };
     let leaf = ROOT[r].load(Acquire);
     if !leaf.is_null() {
         // SAFETY: leaves are never unmapped.
         unsafe { (*leaf)[l].store(0, Release) };
+    }
+}
+
+/// Visit every segment in the map: `f(base, kind)`. The map may change meanwhile; a segment
+/// seen may already be gone, so `f` must not read its memory.
+pub fn for_each(mut f: impl FnMut(*mut u8, u8)) {
+    for (r, root) in ROOT.iter().enumerate() {
+        let leaf = root.load(Acquire);
+        if leaf.is_null() {
+            continue;
+        }
+        for l in 0..LEAF_LEN {
+            // SAFETY: leaves are never unmapped.
+            let kind = unsafe { (*leaf)[l].load(Relaxed) };
+            if kind != 0 {
+                f((((r << LEAF_BITS) | l) << SEGMENT_SHIFT) as *mut u8, kind);
+            }
+        }
     }
 }
 
@@ -96,11 +147,14 @@ mod tests {
         let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE, 0);
         assert!(!base.is_null());
         assert!(!owns(base));
-        assert!(register(base));
+        assert!(register(base, SEGMENT_SIZE, PAGES));
         assert!(owns(base));
         assert!(owns(base.wrapping_add(SEGMENT_SIZE - 1)));
         assert!(!owns(base.wrapping_add(SEGMENT_SIZE)));
-        unregister(base);
+        let mut seen = 0;
+        for_each(|b, k| seen += (b == base && k == PAGES) as u32);
+        assert_eq!(seen, 1);
+        unregister(base, SEGMENT_SIZE);
         assert!(!owns(base));
         os::unmap(base, SEGMENT_SIZE);
     }

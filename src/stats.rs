@@ -36,6 +36,14 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+    #[inline(always)]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed)
+    }
+    #[inline(always)]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
 }
 
 #[repr(C)]
@@ -50,6 +58,18 @@ pub struct Counters {
     /// Frees and reallocs of pointers we do not own, handed to the previous allocator.
     pub foreign_frees: [Counter; DOMAINS],
     pub foreign_reallocs: [Counter; DOMAINS],
+    /// calloc and realloc calls (of our blocks or new ones), per calling domain.
+    pub callocs: [Counter; DOMAINS],
+    pub reallocs: [Counter; DOMAINS],
+    /// Highest live bytes of this heap's counters per domain, and in all, as last sampled since
+    /// the last `reset_peak` (see `sample_peak`).
+    pub peak: [Counter; DOMAINS],
+    pub peak_all: Counter,
+    /// Bytes made available by slow paths since the last sample (the sampling throttle).
+    pub unsampled: Counter,
+    /// Pages and carved blocks per (domain, class), kept on slow paths by the owning heap.
+    pub pages: [[Counter; NUM_CLASSES]; DOMAINS],
+    pub carved: [[Counter; NUM_CLASSES]; DOMAINS],
 }
 
 impl Counters {
@@ -61,22 +81,110 @@ impl Counters {
             large_bytes_freed: [const { Counter::new() }; DOMAINS],
             foreign_frees: [const { Counter::new() }; DOMAINS],
             foreign_reallocs: [const { Counter::new() }; DOMAINS],
+            callocs: [const { Counter::new() }; DOMAINS],
+            reallocs: [const { Counter::new() }; DOMAINS],
+            peak: [const { Counter::new() }; DOMAINS],
+            peak_all: Counter::new(),
+            unsampled: Counter::new(),
+            pages: [const { [const { Counter::new() }; NUM_CLASSES] }; DOMAINS],
+            carved: [const { [const { Counter::new() }; NUM_CLASSES] }; DOMAINS],
         }
+    }
+
+    /// Bytes live in `domain` by this heap's counters (allocated minus freed; "negative", as a
+    /// wrapped u64, when it freed more of others' blocks than it allocated).
+    pub fn live(&self, domain: usize) -> u64 {
+        let mut live = self.large_bytes_allocated[domain]
+            .get()
+            .wrapping_sub(self.large_bytes_freed[domain].get());
+        for c in 0..NUM_CLASSES {
+            let n = self.allocs[domain][c].get().wrapping_sub(self.frees[domain][c].get());
+            live = live.wrapping_add(n.wrapping_mul(BLOCK_SIZES[c] as u64));
+        }
+        live
+    }
+
+    /// Raise the peaks to the live figures, with the cost spread out: the fast paths keep no
+    /// live figure (a running total and a peak check would cost them a third of their time),
+    /// so the slow paths call this with the bytes they just made available, and it samples
+    /// once `SAMPLE_EVERY` bytes have been; readers sample too. A peak therefore misses at most
+    /// about `SAMPLE_EVERY` bytes plus the free blocks of one page per size class.
+    #[inline]
+    pub fn note_available(&self, bytes: u64) {
+        let pending = self.unsampled.get() + bytes;
+        if pending < SAMPLE_EVERY {
+            self.unsampled.set(pending);
+        } else {
+            self.sample_peak();
+        }
+    }
+
+    #[cold]
+    pub fn sample_peak(&self) {
+        self.unsampled.set(0);
+        let mut all = 0u64;
+        for d in 0..DOMAINS {
+            let live = self.live(d);
+            all = all.wrapping_add(live);
+            if live as i64 > self.peak[d].get() as i64 {
+                self.peak[d].set(live);
+            }
+        }
+        if all as i64 > self.peak_all.get() as i64 {
+            self.peak_all.set(all);
+        }
+    }
+
+    /// Restart the peaks from the current live figures. Called from another thread than the
+    /// heap's user, this races benignly with it: a peak may be raised by a concurrent
+    /// allocation just before or after the reset (see the README on RAW peaks).
+    pub fn reset_peak(&self) {
+        let mut all = 0u64;
+        for d in 0..DOMAINS {
+            let live = self.live(d);
+            all = all.wrapping_add(live);
+            self.peak[d].set(live);
+        }
+        self.peak_all.set(all);
     }
 }
 
-/// In-use figures of one domain.
+/// Bytes made available between two samples of the peaks.
+pub const SAMPLE_EVERY: u64 = 64 * 1024;
+
+/// The figures of one domain, summed over every heap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DomainTotals {
     pub blocks_in_use: u64,
     pub bytes_in_use: u64,
-    pub large_blocks_in_use: u64,
-    pub large_bytes_in_use: u64,
+    /// Sum over heaps of each heap's peak of its own live bytes: exact when one heap does a
+    /// domain's allocating and freeing (MEM and OBJ: the GIL heap), an upper bound otherwise.
+    pub peak_bytes_in_use: u64,
+    /// Blocks handed out (by malloc, calloc, or a realloc that moved) and freed, in all.
+    pub allocs: u64,
+    pub frees: u64,
+    pub callocs: u64,
+    pub reallocs: u64,
     pub foreign_frees: u64,
     pub foreign_reallocs: u64,
+    pub large_allocs: u64,
+    pub large_blocks_in_use: u64,
+    pub large_bytes_in_use: u64,
+    /// Cumulative bytes handed out and freed (blocks at their block size).
+    pub bytes_allocated: u64,
+    pub bytes_freed: u64,
 }
 
-/// Running sums over heaps, turned into per-domain totals at the end.
+/// One size class of one domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassTotals {
+    pub blocks_in_use: u64,
+    /// Carved from pages and free (including blocks freed remotely and not yet collected).
+    pub blocks_free: u64,
+    pub pages: u64,
+}
+
+/// Running sums over heaps.
 pub struct Summary {
     allocs: [[u64; SLOTS]; DOMAINS],
     frees: [[u64; SLOTS]; DOMAINS],
@@ -84,6 +192,13 @@ pub struct Summary {
     large_freed: [u64; DOMAINS],
     foreign_frees: [u64; DOMAINS],
     foreign_reallocs: [u64; DOMAINS],
+    callocs: [u64; DOMAINS],
+    reallocs: [u64; DOMAINS],
+    peak: [u64; DOMAINS],
+    pages: [[u64; NUM_CLASSES]; DOMAINS],
+    carved: [[u64; NUM_CLASSES]; DOMAINS],
+    pub live_all: u64,
+    pub peak_all: u64,
 }
 
 impl Summary {
@@ -95,20 +210,43 @@ impl Summary {
             large_freed: [0; DOMAINS],
             foreign_frees: [0; DOMAINS],
             foreign_reallocs: [0; DOMAINS],
+            callocs: [0; DOMAINS],
+            reallocs: [0; DOMAINS],
+            peak: [0; DOMAINS],
+            pages: [[0; NUM_CLASSES]; DOMAINS],
+            carved: [[0; NUM_CLASSES]; DOMAINS],
+            live_all: 0,
+            peak_all: 0,
         }
     }
 
     pub fn add(&mut self, c: &Counters) {
+        fn acc(to: &mut u64, c: &Counter) {
+            *to = to.wrapping_add(c.get());
+        }
         for d in 0..DOMAINS {
             for s in 0..SLOTS {
-                self.allocs[d][s] = self.allocs[d][s].wrapping_add(c.allocs[d][s].get());
-                self.frees[d][s] = self.frees[d][s].wrapping_add(c.frees[d][s].get());
+                acc(&mut self.allocs[d][s], &c.allocs[d][s]);
+                acc(&mut self.frees[d][s], &c.frees[d][s]);
             }
-            self.large_alloc[d] = self.large_alloc[d].wrapping_add(c.large_bytes_allocated[d].get());
-            self.large_freed[d] = self.large_freed[d].wrapping_add(c.large_bytes_freed[d].get());
-            self.foreign_frees[d] += c.foreign_frees[d].get();
-            self.foreign_reallocs[d] += c.foreign_reallocs[d].get();
+            for k in 0..NUM_CLASSES {
+                acc(&mut self.pages[d][k], &c.pages[d][k]);
+                acc(&mut self.carved[d][k], &c.carved[d][k]);
+            }
+            acc(&mut self.large_alloc[d], &c.large_bytes_allocated[d]);
+            acc(&mut self.large_freed[d], &c.large_bytes_freed[d]);
+            acc(&mut self.foreign_frees[d], &c.foreign_frees[d]);
+            acc(&mut self.foreign_reallocs[d], &c.foreign_reallocs[d]);
+            acc(&mut self.callocs[d], &c.callocs[d]);
+            acc(&mut self.reallocs[d], &c.reallocs[d]);
+            // A reader samples too: peaks never lag the live figures it reports.
+            let (live, peak) = (c.live(d), c.peak[d].get());
+            self.peak[d] = self.peak[d].wrapping_add((live as i64).max(peak as i64) as u64);
         }
+        let live_all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(c.live(d)));
+        let peak_all = c.peak_all.get();
+        self.live_all = self.live_all.wrapping_add(live_all);
+        self.peak_all = self.peak_all.wrapping_add((live_all as i64).max(peak_all as i64) as u64);
     }
 
     /// Live blocks of `class` in `domain` (sums wrap: a free may be counted on another heap).
@@ -116,17 +254,37 @@ impl Summary {
         self.allocs[domain][class].wrapping_sub(self.frees[domain][class])
     }
 
+    pub fn class(&self, domain: usize, class: usize) -> ClassTotals {
+        let in_use = self.class_in_use(domain, class);
+        ClassTotals {
+            blocks_in_use: in_use,
+            blocks_free: self.carved[domain][class].saturating_sub(in_use),
+            pages: self.pages[domain][class],
+        }
+    }
+
     pub fn domain(&self, d: usize) -> DomainTotals {
         let mut t = DomainTotals::default();
         for c in 0..NUM_CLASSES {
-            let n = self.class_in_use(d, c);
-            t.blocks_in_use = t.blocks_in_use.wrapping_add(n);
-            t.bytes_in_use = t.bytes_in_use.wrapping_add(n.wrapping_mul(BLOCK_SIZES[c] as u64));
+            let bs = BLOCK_SIZES[c] as u64;
+            t.blocks_in_use = t.blocks_in_use.wrapping_add(self.class_in_use(d, c));
+            t.allocs += self.allocs[d][c];
+            t.frees += self.frees[d][c];
+            t.bytes_allocated += self.allocs[d][c] * bs;
+            t.bytes_freed += self.frees[d][c] * bs;
         }
+        t.large_allocs = self.allocs[d][LARGE_SLOT];
         t.large_blocks_in_use = self.class_in_use(d, LARGE_SLOT);
         t.large_bytes_in_use = self.large_alloc[d].wrapping_sub(self.large_freed[d]);
+        t.allocs += self.allocs[d][LARGE_SLOT];
+        t.frees += self.frees[d][LARGE_SLOT];
+        t.bytes_allocated += self.large_alloc[d];
+        t.bytes_freed += self.large_freed[d];
         t.blocks_in_use = t.blocks_in_use.wrapping_add(t.large_blocks_in_use);
-        t.bytes_in_use = t.bytes_in_use.wrapping_add(t.large_bytes_in_use);
+        t.bytes_in_use = t.bytes_allocated.wrapping_sub(t.bytes_freed);
+        t.peak_bytes_in_use = (self.peak[d] as i64).max(t.bytes_in_use as i64).max(0) as u64;
+        t.callocs = self.callocs[d];
+        t.reallocs = self.reallocs[d];
         t.foreign_frees = self.foreign_frees[d];
         t.foreign_reallocs = self.foreign_reallocs[d];
         t

@@ -195,7 +195,39 @@ fn stats_count_blocks_at_their_class_size() {
     unsafe { raw_free(q) };
     unsafe { check_gil_heap() };
     let after = domain_totals();
-    assert_eq!(after, before);
+    assert_eq!(in_use(&after), in_use(&before));
+    assert_eq!(after[RAW].allocs - before[RAW].allocs, 100);
+    assert_eq!(after[RAW].frees - before[RAW].frees, 100);
+    assert_eq!(after[RAW].bytes_allocated - before[RAW].bytes_allocated, 100 * 112);
+    assert_eq!(after[OBJ].large_allocs - before[OBJ].large_allocs, 1);
+    // The peak saw the large block (sampled on its slow path) and the 100 small ones (sampled
+    // on read at the latest).
+    assert!(mid[OBJ].peak_bytes_in_use >= 40_000);
+    assert!(mid[RAW].peak_bytes_in_use >= 100 * 112);
+}
+
+fn in_use(t: &[stats::DomainTotals; 3]) -> Vec<(u64, u64, u64, u64)> {
+    t.iter()
+        .map(|d| (d.blocks_in_use, d.bytes_in_use, d.large_blocks_in_use, d.large_bytes_in_use))
+        .collect()
+}
+
+#[test]
+fn peaks_are_sampled_and_reset() {
+    let _g = serial();
+    reset_peak();
+    let base = domain_totals()[MEM].bytes_in_use;
+    let ps: Vec<_> = (0..20_000).map(|_| unsafe { gil_malloc(MEM, 64) }).collect();
+    for p in ps {
+        unsafe { gil_free(p) };
+    }
+    let t = domain_totals()[MEM];
+    assert_eq!(t.bytes_in_use, base);
+    // 1.25 MB went through: sampled at least every 64 KiB of pages made available.
+    let rise = t.peak_bytes_in_use - base;
+    assert!(rise >= 20_000 * 64 - stats::SAMPLE_EVERY - 64 * 1024, "peak rose by {rise}");
+    reset_peak();
+    assert_eq!(domain_totals()[MEM].peak_bytes_in_use, base);
 }
 
 #[test]
@@ -330,7 +362,8 @@ fn threads_with_cross_thread_frees_keep_contents_and_totals() {
         check(p as *mut u8, size, seed);
         unsafe { raw_free(p as *mut u8) };
     }
-    assert_eq!(domain_totals()[RAW], before[RAW]);
+    let after = domain_totals();
+    assert_eq!(in_use(&after)[RAW], in_use(&before)[RAW]);
 }
 
 #[test]

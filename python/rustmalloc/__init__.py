@@ -9,13 +9,37 @@ and cannot be undone: blocks rustmalloc handed out must stay freeable until the 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
-from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Union
+from typing import Iterable, Union
 
 from . import _rustmalloc as _ext
+from ._stats import (
+    DomainStats,
+    OsStats,
+    SizeClassStats,
+    Snapshot,
+    allocated_blocks,
+    format_stats,
+    print_stats,
+    reset_peak,
+    stats,
+    track,
+)
 
-__all__ = ["DOMAINS", "DomainStats", "Snapshot", "install", "installed", "stats"]
+__all__ = [
+    "DOMAINS",
+    "DomainStats",
+    "OsStats",
+    "SizeClassStats",
+    "Snapshot",
+    "allocated_blocks",
+    "format_stats",
+    "install",
+    "installed",
+    "print_stats",
+    "reset_peak",
+    "stats",
+    "track",
+]
 
 #: The allocator domains, in CPython's order (PYMEM_DOMAIN_RAW, _MEM, _OBJ).
 DOMAINS = ("raw", "mem", "obj")
@@ -111,44 +135,3 @@ def installed() -> tuple:
     """The domains rustmalloc serves, in the order ('raw', 'mem', 'obj')."""
     mask = _ext._installed_mask()
     return tuple(d for i, d in enumerate(DOMAINS) if mask & (1 << i))
-
-
-@dataclass(frozen=True)
-class DomainStats:
-    """Live figures of one domain. Blocks count at their block size (the request rounded up to
-    its size class); large blocks (over 32 KiB) at their size rounded up to 16 bytes."""
-
-    blocks_in_use: int
-    bytes_in_use: int
-    large_blocks_in_use: int
-    large_bytes_in_use: int
-    foreign_frees: int
-    foreign_reallocs: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """An immutable snapshot of rustmalloc's statistics (see :func:`stats`)."""
-
-    installed: tuple
-    domains: Mapping[str, DomainStats]
-    raw_heaps_created: int
-    raw_heaps_abandoned: int
-
-    def to_dict(self) -> dict:
-        """Plain, JSON-serializable data."""
-        return {
-            "installed": list(self.installed),
-            "domains": {name: asdict(d) for name, d in self.domains.items()},
-            "raw_heaps": {"created": self.raw_heaps_created, "abandoned": self.raw_heaps_abandoned},
-        }
-
-
-def stats() -> Snapshot:
-    """A snapshot of live blocks and bytes per domain. Raises RuntimeError before install()."""
-    if not _ext._installed_mask():
-        raise RuntimeError("rustmalloc is not installed: call rustmalloc.install() first")
-    totals = _ext._domain_totals()
-    created, abandoned = _ext._heap_counts()
-    domains: Any = MappingProxyType({name: DomainStats(*t) for name, t in zip(DOMAINS, totals)})
-    return Snapshot(installed(), domains, created, abandoned)
