@@ -11,9 +11,11 @@
 //! to its segment unless it is the only page of its queue (kept, so a malloc/free pair at an
 //! empty class does not map and unmap a page each time).
 
+use crate::purge::{self, Mode};
 use crate::segment::{
-    self, extend_free_list, huge_alloc, huge_resize, init_small_page, page_of, segment_of, Page,
-    PageKind, SegmentHeader, SegmentKind, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE,
+    self, extend_free_list, free_blocks, huge_alloc, huge_resize, init_small_page, page_of,
+    purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind, LARGE_MAX,
+    PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
@@ -40,6 +42,10 @@ pub struct Heap {
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     pub remote: AtomicPtr<u8>,
     pub counters: Counters,
+    /// When the next automatic purge pass may run (`purge::now_ms` clock), and the last
+    /// `trim()` request this heap has honoured.
+    pub next_purge_ms: u64,
+    pub trim_epoch_seen: u64,
 }
 
 impl Heap {
@@ -50,6 +56,8 @@ impl Heap {
             empty_segments: 0,
             remote: AtomicPtr::new(null_mut()),
             counters: Counters::new(),
+            next_purge_ms: 0,
+            trim_epoch_seen: 0,
         }
     }
 }
@@ -114,21 +122,26 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
     p
 }
 
+/// Pages of a queue looked at when choosing the next one to allocate from.
+const FULLEST_OF: usize = 8;
+
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
     collect_remote(h);
+    maybe_purge(h);
     let q = queue(h, domain, class);
     loop {
         let page = (*q).first;
         if page.is_null() {
             break;
         }
-        if !(*page).free.is_null() || carve(h, page) {
+        if !(*page).free.is_null() || unpurge_page(page) || carve(h, page) {
             return pop(h, page, class, domain);
         }
         queue_remove(q, page);
         (*page).full = true;
+        move_fullest_to_front(q);
     }
     let page = take_pages(h, 1);
     if page.is_null() {
@@ -163,6 +176,30 @@ unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mu
     block
 }
 
+/// Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain (and
+/// can be purged or given back whole): of the first few pages of the queue, the one with the
+/// most live blocks goes first.
+unsafe fn move_fullest_to_front(q: *mut PageQueue) {
+    let first = (*q).first;
+    if first.is_null() {
+        return;
+    }
+    let (mut best, mut page) = (first, (*first).next);
+    for _ in 1..FULLEST_OF {
+        if page.is_null() {
+            break;
+        }
+        if (*page).used > (*best).used {
+            best = page;
+        }
+        page = (*page).next;
+    }
+    if best != first {
+        queue_remove(q, best);
+        queue_push_front(q, best);
+    }
+}
+
 #[cold]
 #[inline(never)]
 unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
@@ -170,6 +207,7 @@ unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
         return alloc_huge(h, size, domain);
     }
     collect_remote(h);
+    maybe_purge(h);
     let count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
     let page = take_pages(h, count);
     if page.is_null() {
@@ -521,6 +559,73 @@ unsafe fn segment_list_remove(h: *mut Heap, seg: *mut SegmentHeader) {
     (*seg).in_list = false;
 }
 
+/// Run an automatic purge pass if the delay has passed, or a `trim()` asked for one.
+#[inline]
+unsafe fn maybe_purge(h: *mut Heap) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let epoch = purge::TRIM_EPOCH.load(Relaxed);
+    if epoch != (*h).trim_epoch_seen {
+        (*h).trim_epoch_seen = epoch;
+        purge(h, Mode::Trim);
+        return;
+    }
+    if !purge::ENABLED.load(Relaxed) {
+        return;
+    }
+    let now = purge::now_ms();
+    if now >= (*h).next_purge_ms {
+        if (*h).next_purge_ms != 0 {
+            purge(h, Mode::Auto);
+        }
+        (*h).next_purge_ms = now + purge::PURGE_DELAY_MS.load(Relaxed);
+    }
+}
+
+/// A purge pass over heap `h` (see `purge`): returns the bytes given back to the OS.
+///
+/// # Safety
+/// The caller is `h`'s owner.
+pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
+    use core::sync::atomic::Ordering::Relaxed;
+    collect_remote(h);
+    let ps = crate::os::page_size();
+    let mut bytes = 0;
+    // Free OS pages inside partly used pages.
+    for i in 0..DOMAINS * NUM_CLASSES {
+        let q = ptr::addr_of_mut!((*h).queues[i]);
+        let mut page = (*q).first;
+        if mode == Mode::Auto && !page.is_null() {
+            page = (*page).next; // the page being allocated from keeps its blocks
+        }
+        while !page.is_null() {
+            let per_os_page = (ps / (*page).block_size as usize).max(1) as u32;
+            let fresh = free_blocks(page).saturating_sub((*page).free_at_purge as u32);
+            if mode == Mode::Trim || fresh >= per_os_page {
+                bytes += purge_page(page);
+            }
+            page = (*page).next;
+        }
+    }
+    // Empty pages, beyond what an automatic pass retains; empty segments, on a trim.
+    let mut keep = if mode == Mode::Auto { purge::RETAIN_BYTES.load(Relaxed) as usize } else { 0 };
+    let mut seg = (*h).segments;
+    while !seg.is_null() {
+        let next = (*seg).next;
+        if mode == Mode::Trim && (*seg).used_pages == 0 {
+            segment_list_remove(h, seg);
+            (*h).empty_segments -= 1;
+            // What leaves RAM: the dirty pages and the metadata page.
+            bytes += ((*seg).dirty_pages.count_ones() as usize + 1) * PAGE_SIZE;
+            segment::release_segment(seg);
+        } else {
+            bytes += segment::purge_free_pages(seg, &mut keep);
+        }
+        seg = next;
+    }
+    purge::PURGED_BYTES.fetch_add(bytes as u64, Relaxed);
+    bytes
+}
+
 /// Walk every structure of `h` and check its invariants; panics with a description on the first
 /// violation. For tests (and, later, a debug feature): it is O(heap).
 ///
@@ -559,7 +664,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
                 assert!(n <= (*page).capacity, "free list cycle");
                 b = *(b as *mut *mut u8);
             }
-            assert_eq!((*page).used + n, (*page).capacity, "used + free != capacity");
+            assert_eq!(
+                (*page).used + n + (*page).purged_blocks,
+                (*page).capacity,
+                "used + free + purged != capacity"
+            );
             prev = page;
             page = (*page).next;
         }

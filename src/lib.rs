@@ -26,6 +26,7 @@
 
 pub mod heap;
 pub mod os;
+pub mod purge;
 pub mod raw_heap;
 pub mod segment;
 pub mod segment_map;
@@ -151,6 +152,19 @@ pub fn summary() -> stats::Summary {
 pub fn domain_totals() -> [stats::DomainTotals; 3] {
     let sum = summary();
     [sum.domain(RAW), sum.domain(MEM), sum.domain(OBJ)]
+}
+
+/// Give back to the OS everything that can be now: free OS pages inside partly used pages,
+/// empty pages and segments, of the GIL heap, the caller's RAW heap and abandoned RAW heaps;
+/// other threads' RAW heaps purge on their next slow path. Returns the bytes given back.
+///
+/// # Safety
+/// The caller holds the GIL.
+pub unsafe fn trim() -> usize {
+    let h = gil_heap();
+    (*h).trim_epoch_seen = purge::TRIM_EPOCH.load(core::sync::atomic::Ordering::Relaxed) + 1;
+    let bytes = raw_heap::trim();
+    bytes + heap::purge(h, purge::Mode::Trim)
 }
 
 /// Restart every peak (per domain and overall) from the current live figures.

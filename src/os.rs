@@ -114,6 +114,12 @@ pub fn decommit(p: *mut u8, size: usize) -> bool {
     ok
 }
 
+/// Ask the kernel not to back a range with transparent huge pages (best effort).
+pub fn no_huge_pages(p: *mut u8, size: usize) {
+    // SAFETY: advice only; failure (e.g. THP compiled out) changes nothing.
+    unsafe { libc::madvise(p as *mut libc::c_void, size, libc::MADV_NOHUGEPAGE) };
+}
+
 /// How many bytes of `[p, p + size)` are resident in physical memory, or None if part of the
 /// range is not mapped (it may have been unmapped by another thread meanwhile).
 pub fn resident_bytes(p: *mut u8, size: usize) -> Option<usize> {

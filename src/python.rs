@@ -412,6 +412,26 @@ fn _reset_peak() {
     crate::reset_peak();
 }
 
+/// Give back to the OS all that can be now; returns the bytes given back.
+#[pyfunction]
+fn _trim(_py: Python<'_>) -> usize {
+    // SAFETY: `Python<'_>` proves the GIL is held.
+    guard(0, || unsafe { crate::trim() })
+}
+
+/// Set the purge policy (validated by the Python wrapper).
+#[pyfunction]
+fn _configure(enabled: bool, delay_ms: u64, retain_bytes: u64) {
+    crate::purge::configure(enabled, delay_ms, retain_bytes);
+}
+
+/// (automatic purging on, purge delay in ms, bytes retained per heap, bytes purged so far)
+#[pyfunction]
+fn _purge_settings() -> (bool, u64, u64, u64) {
+    let (enabled, delay, retain) = crate::purge::settings();
+    (enabled, delay, retain, crate::purge::PURGED_BYTES.load(Relaxed))
+}
+
 /// (RAW heaps created, RAW heaps abandoned and waiting for a thread to adopt them)
 #[pyfunction]
 fn _heap_counts() -> (usize, usize) {
@@ -432,6 +452,9 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(_track_totals, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(_trim, m)?)?;
+    m.add_function(wrap_pyfunction!(_configure, m)?)?;
+    m.add_function(wrap_pyfunction!(_purge_settings, m)?)?;
     m.add("DOMAIN_FIELDS", DOMAIN_FIELDS)?;
     m.add_function(wrap_pyfunction!(_heap_counts, m)?)?;
     m.add_function(wrap_pyfunction!(py_owns, m)?)?;

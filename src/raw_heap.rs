@@ -249,6 +249,43 @@ pub fn for_each_counters(mut f: impl FnMut(&Counters)) {
     }
 }
 
+/// Purge every abandoned heap now (adopting each for the duration), the fallback heap, and the
+/// calling thread's own; ask every other live heap to purge on its next slow path. Returns the
+/// bytes given back by the heaps purged here.
+pub fn trim() -> usize {
+    use crate::purge::{Mode, TRIM_EPOCH};
+    TRIM_EPOCH.fetch_add(1, Relaxed);
+    let mut bytes = 0;
+    let mine = thread_heap();
+    if mine as usize > DEAD as usize {
+        // SAFETY: our own heap; `with_heap` marks it busy for fork safety.
+        bytes += with_heap(|h| unsafe {
+            (*h).trim_epoch_seen = TRIM_EPOCH.load(Relaxed);
+            heap::purge(h, Mode::Trim)
+        })
+        .unwrap_or(0);
+    }
+    let mut h = REGISTRY.load(Acquire);
+    while !h.is_null() {
+        // SAFETY: registry entries are never freed; a heap we move from ABANDONED to OWNED is
+        // ours alone until we hand it back.
+        unsafe {
+            if (*h).state.load(Relaxed) == ABANDONED
+                && (*h).state.compare_exchange(ABANDONED, OWNED, Acquire, Relaxed).is_ok()
+            {
+                bytes += heap::purge(h as *mut Heap, Mode::Trim);
+                (*h).state.store(ABANDONED, Release);
+            }
+            h = (*h).next_in_registry;
+        }
+    }
+    if !FALLBACK.load(Acquire).is_null() {
+        // SAFETY: under the fallback lock.
+        bytes += with_fallback(|h| unsafe { heap::purge(h, Mode::Trim) }).unwrap_or(0);
+    }
+    bytes
+}
+
 /// (heaps created, heaps abandoned now)
 pub fn heap_counts() -> (usize, usize) {
     let mut abandoned = 0;

@@ -84,6 +84,8 @@ pub struct SegmentHeader {
     pub next: *mut SegmentHeader,
     pub prev: *mut SegmentHeader,
     pub in_list: bool,
+    /// Bit i set: free page i may hold resident memory (it was used and not decommitted since).
+    pub dirty_pages: u64,
     /// For a huge segment: bytes mapped, and the block's current size (16-byte rounded).
     pub mapped: usize,
     pub huge_size: usize,
@@ -111,8 +113,13 @@ pub struct Page {
     pub start: *mut u8,
     pub next: *mut Page,
     pub prev: *mut Page,
-    /// To 64 bytes: one cache line, and `page_of` is a shift.
-    _pad: u64,
+    /// OS pages of this page given back to the OS while its blocks there were free (bit k:
+    /// bytes `k * os_page ..`). Blocks touching them are on no free list until `unpurge_page`.
+    pub purged: u16,
+    /// Free blocks when the page was last purged (to rescan only once enough are freed).
+    pub free_at_purge: u16,
+    /// Blocks cut out of the free list by purging: `used + |free| + purged_blocks == capacity`.
+    pub purged_blocks: u32,
 }
 
 #[inline(always)]
@@ -185,6 +192,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             next: null_mut(),
             prev: null_mut(),
             in_list: false,
+            dirty_pages: 0,
             mapped: SEGMENT_SIZE,
             huge_size: 0,
         });
@@ -204,7 +212,9 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
                 start: base.add(i * PAGE_SIZE),
                 next: null_mut(),
                 prev: null_mut(),
-                _pad: 0,
+                purged: 0,
+                free_at_purge: 0,
+                purged_blocks: 0,
             });
         }
     }
@@ -212,6 +222,8 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
         os::unmap(base, SEGMENT_SIZE);
         return null_mut();
     }
+    // Keep transparent huge pages from refilling the ranges we purge (see `purge`).
+    os::no_huge_pages(base, SEGMENT_SIZE);
     count_segment(1);
     seg
 }
@@ -246,6 +258,7 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize) -> *mut Page {
     };
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
     (*seg).free_pages &= !mask;
+    (*seg).dirty_pages &= !mask;
     (*seg).used_pages += count as u32;
     let page = page_at(seg, idx);
     (*page).span = count as u32;
@@ -263,12 +276,16 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
     debug_assert_eq!((*seg).free_pages & mask, 0);
     (*seg).free_pages |= mask;
+    (*seg).dirty_pages |= mask;
     (*seg).used_pages -= count as u32;
     (*page).kind = PageKind::Free;
     (*page).span = 0;
     (*page).used = 0;
     (*page).free = null_mut();
     (*page).full = false;
+    (*page).purged = 0;
+    (*page).purged_blocks = 0;
+    (*page).free_at_purge = 0;
     (*seg).used_pages == 0
 }
 
@@ -289,6 +306,7 @@ pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
         return false;
     }
     (*seg).free_pages &= !mask;
+    (*seg).dirty_pages &= !mask;
     (*seg).used_pages += extra as u32;
     (*page).span += extra as u32;
     true
@@ -328,6 +346,166 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).full = false;
     (*page).next = null_mut();
     (*page).prev = null_mut();
+    (*page).purged = 0;
+    (*page).purged_blocks = 0;
+    (*page).free_at_purge = 0;
+}
+
+/// Free blocks on the page's list now.
+///
+/// # Safety
+/// `page` is a small page owned by the caller.
+#[inline]
+pub unsafe fn free_blocks(page: *mut Page) -> u32 {
+    (*page).capacity - (*page).used - (*page).purged_blocks
+}
+
+/// OS pages in a page.
+#[inline]
+fn os_pages_per_page() -> usize {
+    PAGE_SIZE / os::page_size()
+}
+
+/// Give back the OS pages of a small page that hold only free blocks (or never-carved space),
+/// cutting those blocks out of its free list first — the list is linked through the blocks, so
+/// a link left in a purged OS page would read as zero afterwards. Returns the bytes given back.
+///
+/// # Safety
+/// `page` is a small page owned by the caller, with no remote frees pending for it that the
+/// caller would later push onto its list (collect them first).
+pub unsafe fn purge_page(page: *mut Page) -> usize {
+    let ps = os::page_size();
+    let n = os_pages_per_page();
+    if (*page).free.is_null() || n > 16 {
+        return 0;
+    }
+    let bs = (*page).block_size as usize;
+    let start = (*page).start as usize;
+    let carved_end = (*page).capacity as usize * bs;
+    // Free bytes per OS page, from the free blocks on the list. Never-carved space does not
+    // count: carving it later would list blocks of a purged OS page twice (see `unpurge_page`).
+    let mut free_bytes = [0usize; 16];
+    let _ = carved_end;
+    let mut b = (*page).free;
+    while !b.is_null() {
+        let lo = b as usize - start;
+        let hi = lo + bs;
+        let mut k = lo / ps;
+        while k * ps < hi {
+            free_bytes[k] += hi.min((k + 1) * ps) - lo.max(k * ps);
+            k += 1;
+        }
+        b = *(b as *mut *mut u8);
+    }
+    let mut purge = 0u16;
+    for (k, &f) in free_bytes.iter().enumerate().take(n) {
+        if f == ps && (*page).purged & (1 << k) == 0 {
+            purge |= 1 << k;
+        }
+    }
+    let all_purged = (*page).purged | purge;
+    // Relink the list without the blocks that touch a purged OS page.
+    let touches = |lo: usize| -> bool {
+        let (first, last) = (lo / ps, (lo + bs - 1) / ps);
+        (first..=last).any(|k| all_purged & (1 << k) != 0)
+    };
+    let mut kept: *mut u8 = null_mut();
+    let mut tail: *mut *mut u8 = &mut kept;
+    let mut cut = 0u32;
+    let mut b = (*page).free;
+    while !b.is_null() {
+        let next = *(b as *mut *mut u8);
+        if touches(b as usize - start) {
+            cut += 1;
+        } else {
+            *tail = b;
+            tail = b as *mut *mut u8;
+        }
+        b = next;
+    }
+    *tail = null_mut();
+    (*page).free = kept;
+    (*page).purged_blocks += cut;
+    (*page).purged = all_purged;
+    (*page).free_at_purge = free_blocks(page) as u16;
+    // Only now, with no link left in them, give the OS pages back (adjacent ones together).
+    let mut bytes = 0;
+    let mut k = 0;
+    while k < n {
+        if purge & (1 << k) == 0 {
+            k += 1;
+            continue;
+        }
+        let first = k;
+        while k < n && purge & (1 << k) != 0 {
+            k += 1;
+        }
+        let len = (k - first) * ps;
+        if os::decommit((start + first * ps) as *mut u8, len) {
+            bytes += len;
+        }
+    }
+    bytes
+}
+
+/// Put every block cut out by `purge_page` back on the free list (their memory comes back,
+/// zeroed, as it is touched). Returns whether any were.
+///
+/// # Safety
+/// As for `purge_page`.
+pub unsafe fn unpurge_page(page: *mut Page) -> bool {
+    if (*page).purged == 0 {
+        return false;
+    }
+    let ps = os::page_size();
+    let bs = (*page).block_size as usize;
+    let start = (*page).start as usize;
+    let purged = (*page).purged;
+    let mut head = (*page).free;
+    // Blocks are re-added from the top so the list comes out in address order.
+    for i in (0..(*page).capacity as usize).rev() {
+        let lo = i * bs;
+        let (first, last) = (lo / ps, (lo + bs - 1) / ps);
+        if (first..=last).any(|k| purged & (1 << k) != 0) {
+            let b = (start + lo) as *mut u8;
+            *(b as *mut *mut u8) = head;
+            head = b;
+        }
+    }
+    (*page).free = head;
+    (*page).purged = 0;
+    (*page).purged_blocks = 0;
+    true
+}
+
+/// Decommit the dirty free pages of a segment, keeping the first `keep` of them (bytes);
+/// returns the bytes given back.
+///
+/// # Safety
+/// `seg` is a live `Pages` segment owned by the caller.
+pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize) -> usize {
+    let mut dirty = (*seg).dirty_pages & (*seg).free_pages;
+    let mut bytes = 0;
+    while dirty != 0 {
+        let i = dirty.trailing_zeros() as usize;
+        let mut j = i;
+        while j < PAGES_PER_SEGMENT && dirty & (1 << j) != 0 {
+            j += 1;
+        }
+        let run = (if j - i == 64 { !0 } else { (1u64 << (j - i)) - 1 }) << i;
+        dirty &= !run;
+        let len = (j - i) * PAGE_SIZE;
+        if *keep >= len {
+            *keep -= len;
+            continue;
+        }
+        *keep = 0;
+        if os::decommit((seg as *mut u8).add(i * PAGE_SIZE), len) {
+            (*seg).dirty_pages &= !run;
+            bytes += len;
+        }
+    }
+    bytes
 }
 
 /// Carve more untouched blocks of a small page into its free list: about one OS page's worth at
@@ -377,6 +555,7 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             next: null_mut(),
             prev: null_mut(),
             in_list: false,
+            dirty_pages: 0,
             mapped,
             huge_size: huge_rounded(size),
         });

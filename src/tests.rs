@@ -163,6 +163,12 @@ fn randomized_model() {
             assert_no_overlap(&live);
             unsafe { check_gil_heap() };
         }
+        if step % 3000 == 1500 {
+            // Purging must keep every live block's contents and leave the heap consistent.
+            let mode = if step % 6000 == 1500 { purge::Mode::Trim } else { purge::Mode::Auto };
+            unsafe { heap::purge(gil_heap(), mode) };
+            unsafe { check_gil_heap() };
+        }
     }
     assert_no_overlap(&live);
     for (&addr, l) in &live {
@@ -411,4 +417,86 @@ fn gil_heap_invariants_hold_under_churn() {
         unsafe { gil_free(p as *mut u8) };
     }
     unsafe { check_gil_heap() };
+}
+
+/// Resident bytes of every segment we have mapped.
+fn resident() -> usize {
+    os_totals().bytes_resident
+}
+
+#[test]
+fn trim_returns_free_os_pages_inside_partly_used_pages() {
+    let _g = serial();
+    unsafe { trim() };
+    let r0 = resident();
+    // 64 MiB of 48-byte blocks (83 per OS page), one in 500 kept: most OS pages hold none.
+    let n = (64 << 20) / 48;
+    let mut all: Vec<usize> = (0..n).map(|_| unsafe { gil_malloc(OBJ, 40) } as usize).collect();
+    for (i, &p) in all.iter().enumerate() {
+        fill(p as *mut u8, 40, i as u8);
+    }
+    let r1 = resident();
+    assert!(r1 - r0 >= 60 << 20, "resident grew by {} only", r1 - r0);
+    let mut kept = Vec::new();
+    for (i, p) in all.drain(..).enumerate() {
+        if i % 500 == 0 {
+            kept.push((p, i as u8));
+        } else {
+            unsafe { gil_free(p as *mut u8) };
+        }
+    }
+    let returned = unsafe { trim() };
+    let r2 = resident();
+    assert!(returned >= 40 << 20, "trim returned {returned} bytes");
+    assert!(r2 < r0 + (20 << 20), "resident {} MiB after trim (was {} before)", r2 >> 20, r0 >> 20);
+    for &(p, seed) in &kept {
+        check(p as *mut u8, 40, seed);
+    }
+    unsafe { check_gil_heap() };
+    // Purged blocks come back: allocate the same amount again, zeroed where calloc'd.
+    let again: Vec<usize> = (0..n)
+        .map(|i| unsafe {
+            if i % 2 == 0 { gil_calloc(OBJ, 1, 40) } else { gil_malloc(OBJ, 40) }
+        } as usize)
+        .collect();
+    for (i, &p) in again.iter().enumerate() {
+        if i % 2 == 0 {
+            check_zero(p as *mut u8, 40);
+        }
+        fill(p as *mut u8, 40, 7);
+    }
+    unsafe { check_gil_heap() };
+    for &(p, seed) in &kept {
+        check(p as *mut u8, 40, seed);
+        unsafe { gil_free(p as *mut u8) };
+    }
+    for p in again {
+        check(p as *mut u8, 40, 7);
+        unsafe { gil_free(p as *mut u8) };
+    }
+    unsafe { check_gil_heap() };
+    unsafe { trim() };
+}
+
+#[test]
+fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
+    let _g = serial();
+    let (enabled, delay, retain) = purge::settings();
+    purge::configure(true, 20, 0);
+    unsafe { trim() };
+    let before = purge::PURGED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
+    let ps: Vec<usize> = (0..200_000).map(|_| unsafe { gil_malloc(MEM, 100) } as usize).collect();
+    for p in ps {
+        unsafe { gil_free(p as *mut u8) };
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Go on allocating: some slow path passes the delay and purges.
+    let more: Vec<usize> = (0..20_000).map(|_| unsafe { gil_malloc(MEM, 300) } as usize).collect();
+    let after = purge::PURGED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
+    assert!(after - before >= 10 << 20, "automatic purge gave back {} bytes", after - before);
+    for p in more {
+        unsafe { gil_free(p as *mut u8) };
+    }
+    unsafe { check_gil_heap() };
+    purge::configure(enabled, delay, retain);
 }

@@ -12,6 +12,7 @@ import sys
 from typing import Iterable, Union
 
 from . import _rustmalloc as _ext
+from ._config import configure, parse_size
 from ._stats import (
     DomainStats,
     OsStats,
@@ -32,6 +33,7 @@ __all__ = [
     "SizeClassStats",
     "Snapshot",
     "allocated_blocks",
+    "configure",
     "format_stats",
     "install",
     "installed",
@@ -39,6 +41,7 @@ __all__ = [
     "reset_peak",
     "stats",
     "track",
+    "trim",
 ]
 
 #: The allocator domains, in CPython's order (PYMEM_DOMAIN_RAW, _MEM, _OBJ).
@@ -118,6 +121,10 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool) -> None:
     _check_supported()
     if mask & ~_ext._installed_mask() == 0:
         return
+    if not _ext._installed_mask():
+        from ._config import configure_from_environment
+
+        configure_from_environment()
     import _tracemalloc
 
     tracing = _tracemalloc.is_tracing()
@@ -135,3 +142,13 @@ def installed() -> tuple:
     """The domains rustmalloc serves, in the order ('raw', 'mem', 'obj')."""
     mask = _ext._installed_mask()
     return tuple(d for i, d in enumerate(DOMAINS) if mask & (1 << i))
+
+
+def trim() -> int:
+    """Give back to the OS all the memory that can be now — free OS pages inside partly used
+    pages, empty pages and segments of the MEM/OBJ heap, of this thread's RAW heap and of the
+    RAW heaps of exited threads — and return how many bytes that was. Other live threads' RAW
+    heaps give theirs back on their next allocation slow path."""
+    if not _ext._installed_mask():
+        raise RuntimeError("rustmalloc is not installed: call rustmalloc.install() first")
+    return _ext._trim()

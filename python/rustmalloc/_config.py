@@ -1,0 +1,98 @@
+"""Settings: sizes with units, and the purge policy (``configure()``, ``RUSTMALLOC_*``)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional, Union
+
+from . import _rustmalloc as _ext
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Union[int, str], what: str = "size") -> int:
+    """``"24 MB"`` -> 24000000, ``"1.5KiB"`` -> 1536, ``1024`` -> 1024. Units: B, KB, MB, GB
+    (powers of 1000) and KiB, MiB, GiB (powers of 1024), any case."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{what} must be an int (bytes) or a string such as '24 MB', not {type(value).__name__}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{what} must not be negative: {value}")
+        return value
+    m = _SIZE.match(value)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"{what}: cannot read {value!r} as a size; write a number and a unit, such as "
+            "'512 B', '24 MB' or '1.5 GiB' (units: B, KB, MB, GB, KiB, MiB, GiB)"
+        )
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def settings() -> dict:
+    """The purge policy in force: ``purge``, ``purge_delay_ms``, ``retain_bytes``."""
+    enabled, delay, retain, _ = _ext._purge_settings()
+    return {"purge": enabled, "purge_delay_ms": delay, "retain_bytes": retain}
+
+
+def configure(
+    *,
+    purge: Optional[bool] = None,
+    purge_delay_ms: Optional[int] = None,
+    retain_bytes: Union[int, str, None] = None,
+) -> dict:
+    """Set the policy for giving memory back to the OS; returns the settings now in force.
+
+    - ``purge``: automatic purging on or off (``trim()`` works either way).
+    - ``purge_delay_ms``: minimum time between automatic purge passes of a heap (0 to 3600000).
+      A pass runs on a heap's slow path, never on the free fast path.
+    - ``retain_bytes``: empty pages a heap keeps committed for reuse after an automatic pass
+      (an int, or a string such as ``"8 MiB"``).
+
+    The environment variables ``RUSTMALLOC_PURGE`` (0 or 1), ``RUSTMALLOC_PURGE_DELAY_MS`` and
+    ``RUSTMALLOC_RETAIN_BYTES`` set the same at ``install()``.
+    """
+    now = settings()
+    if purge is not None:
+        if not isinstance(purge, bool):
+            raise TypeError(f"purge must be True or False, not {purge!r}")
+        now["purge"] = purge
+    if purge_delay_ms is not None:
+        if isinstance(purge_delay_ms, bool) or not isinstance(purge_delay_ms, int):
+            raise TypeError(f"purge_delay_ms must be an int (milliseconds), not {type(purge_delay_ms).__name__}")
+        if not 0 <= purge_delay_ms <= 3_600_000:
+            raise ValueError(f"purge_delay_ms must be between 0 and 3600000 (one hour), not {purge_delay_ms}")
+        now["purge_delay_ms"] = purge_delay_ms
+    if retain_bytes is not None:
+        now["retain_bytes"] = parse_size(retain_bytes, "retain_bytes")
+    _ext._configure(now["purge"], now["purge_delay_ms"], now["retain_bytes"])
+    return settings()
+
+
+def configure_from_environment(environ: Optional[dict] = None) -> None:
+    """Apply ``RUSTMALLOC_PURGE``, ``RUSTMALLOC_PURGE_DELAY_MS`` and ``RUSTMALLOC_RETAIN_BYTES``;
+    a bad value raises ValueError naming the variable."""
+    env = os.environ if environ is None else environ
+    kwargs: dict = {}
+    if "RUSTMALLOC_PURGE" in env:
+        value = env["RUSTMALLOC_PURGE"].strip().lower()
+        if value not in ("0", "1", "true", "false", "on", "off"):
+            raise ValueError(f"RUSTMALLOC_PURGE={env['RUSTMALLOC_PURGE']!r}: use 1 (on) or 0 (off)")
+        kwargs["purge"] = value in ("1", "true", "on")
+    if "RUSTMALLOC_PURGE_DELAY_MS" in env:
+        raw = env["RUSTMALLOC_PURGE_DELAY_MS"].strip()
+        if not raw.isdigit():
+            raise ValueError(f"RUSTMALLOC_PURGE_DELAY_MS={raw!r}: use a whole number of milliseconds")
+        kwargs["purge_delay_ms"] = int(raw)
+    if "RUSTMALLOC_RETAIN_BYTES" in env:
+        raw = env["RUSTMALLOC_RETAIN_BYTES"]
+        kwargs["retain_bytes"] = int(raw) if raw.strip().isdigit() else raw
+    try:
+        configure(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid RUSTMALLOC_* setting: {e}") from None

@@ -1,0 +1,62 @@
+//! Giving memory back to the OS: the policy and its knobs.
+//!
+//! Free memory is returned with `madvise(MADV_DONTNEED)` (it then reads as zeros and leaves the
+//! process's RSS at once; `MADV_FREE` pages would stay in RSS until the kernel is short of
+//! memory). Segments are mapped `MADV_NOHUGEPAGE`, so transparent huge pages never refill a
+//! purged range behind our back (the price: no THP for our pages).
+//!
+//! What is returned, by a *purge pass* over one heap (`heap::purge`):
+//! - free OS pages inside partly used pages: a page's free list is walked, the OS pages whose
+//!   blocks are all free are cut out of it and decommitted (see `segment::purge_page`);
+//! - empty pages and the pages of empty segments, beyond `retain_bytes` kept for reuse; empty
+//!   segments beyond a few are unmapped.
+//!
+//! When: a pass runs on a heap's slow path (never on the free fast path) at most once every
+//! `purge_delay_ms`, so a program that frees and reallocates in quick rounds keeps its pages
+//! (jemalloc's decay and mimalloc's purge delay work the same way); a program that goes on
+//! allocating after dropping a large structure gets its memory back within the delay. A page is
+//! only rescanned once enough new blocks were freed in it. `trim()` runs passes now, retaining
+//! nothing, on the GIL heap and on abandoned RAW heaps, and asks every live RAW heap to run one
+//! on its next slow path.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Minimum time between automatic purge passes of a heap, in milliseconds.
+pub static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(250);
+/// Free memory (empty pages) a heap keeps committed for reuse after an automatic pass.
+pub static RETAIN_BYTES: AtomicU64 = AtomicU64::new(4 << 20);
+/// Automatic purging on or off (`trim()` works either way).
+pub static ENABLED: AtomicBool = AtomicBool::new(true);
+/// Bumped by `trim()`: a heap that sees a new value purges on its next slow path.
+pub static TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Bytes given back by purge passes (decommitted or unmapped), for the statistics.
+pub static PURGED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds on a coarse monotonic clock (a vDSO read, no system call).
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// How a pass treats what it finds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Keep `RETAIN_BYTES` of empty pages and a few empty segments.
+    Auto,
+    /// Return everything that can be returned now.
+    Trim,
+}
+
+/// The policy's settings: (automatic purging on, delay in ms, bytes retained per heap).
+pub fn settings() -> (bool, u64, u64) {
+    (ENABLED.load(Relaxed), PURGE_DELAY_MS.load(Relaxed), RETAIN_BYTES.load(Relaxed))
+}
+
+/// Change the policy's settings (validated by the caller).
+pub fn configure(enabled: bool, delay_ms: u64, retain_bytes: u64) {
+    ENABLED.store(enabled, Relaxed);
+    PURGE_DELAY_MS.store(delay_ms, Relaxed);
+    RETAIN_BYTES.store(retain_bytes, Relaxed);
+}
