@@ -1,0 +1,213 @@
+"""Memory given back: rustmalloc vs pymalloc vs glibc (and jemalloc, mimalloc where installed).
+
+    python benches/memory.py [--quick] [--out benches/results]
+
+Each configuration runs each scenario in a fresh interpreter; RSS is the process's own VmRSS.
+1. "drop": build ~800 MB of small objects (1.5 million dicts, each holding a str, a tuple and a
+   short list), keep one item in 100 (then one in 1000) scattered through the heap, drop the
+   rest, gc.collect(), read RSS; then (rustmalloc) either trim() or nothing but one more second
+   of allocation (the automatic policy), and read RSS again.
+2. "server": a loop of requests that each allocate and drop mixed-size objects while a slowly
+   changing set of 20,000 entries survives; RSS sampled over time (plotted).
+Results: <out>/memory.md (table, ratios to pymalloc) and <out>/memory_server.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+PRELOADS = {
+    "jemalloc": ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"],
+    "mimalloc": ["/usr/lib/x86_64-linux-gnu/libmimalloc.so.2", "/usr/lib/aarch64-linux-gnu/libmimalloc.so.2"],
+}
+
+WORKER = r'''
+import gc, json, random, sys, time
+config, scenario, arg = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if config.startswith("rustmalloc"):
+    import rustmalloc
+    rustmalloc.install()
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+def peak_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
+out = {}
+if scenario == "drop":
+    n = arg
+    every = int(sys.argv[4])
+    items = [{"s": str(i), "t": (i, i + 1), "l": [i, i, i]} for i in range(n)]
+    out["built"] = rss_mb()
+    keep = items[::every]
+    del items
+    gc.collect()
+    out["dropped"] = rss_mb()
+    if config == "rustmalloc+trim":
+        rustmalloc.trim()
+    else:
+        # Go on allocating for a second, as a program does (it drives automatic policies).
+        t = time.time()
+        junk = []
+        while time.time() - t < 1.0:
+            junk.append([str(i) for i in range(100)])
+            if len(junk) > 100:
+                junk.clear()
+        del junk
+    out["after"] = rss_mb()
+    out["kept"] = len(keep)
+elif scenario == "server":
+    rng = random.Random(1)
+    survivors = {}
+    samples = []
+    start = time.time()
+    for request in range(arg):
+        body = {"id": request, "items": [str(rng.random()) * rng.randrange(1, 8) for _ in range(rng.randrange(5, 60))],
+                "blob": bytes(rng.randrange(100, 20000)), "pairs": [(i, str(i)) for i in range(rng.randrange(10, 200))]}
+        key = rng.randrange(20000)
+        survivors[key] = (body["id"], body["items"][:2])     # a slowly changing surviving set
+        del body
+        if request % 2000 == 0:
+            samples.append((time.time() - start, rss_mb()))
+    out["samples"] = samples
+    out["final"] = rss_mb()
+out["peak"] = peak_mb()
+print(json.dumps(out))
+'''
+
+
+def configurations():
+    configs = [("pymalloc", {}), ("glibc", {"PYTHONMALLOC": "malloc"})]
+    notes = []
+    for name, paths in PRELOADS.items():
+        path = next((p for p in paths if os.path.exists(p)), None)
+        if path:
+            configs.append((name, {"PYTHONMALLOC": "malloc", "LD_PRELOAD": path}))
+        else:
+            notes.append(f"{name}: not installed (apt-get install lib{name}...), skipped")
+    configs += [("rustmalloc", {}), ("rustmalloc+trim", {})]
+    return configs, notes
+
+
+def run(config, env_extra, *args):
+    env = dict(os.environ)
+    env.pop("RUSTMALLOC", None)
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-c", WORKER, config, *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config} {args} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    n_items = 50_000 if args.quick else 1_500_000
+    n_requests = 4_000 if args.quick else 200_000
+    configs, notes = configurations()
+    os.makedirs(args.out, exist_ok=True)
+
+    drop = {}
+    for every in (100, 1000):
+        for name, env in configs:
+            drop[(name, every)] = run(name, env, "drop", n_items, every)
+            print(f"drop 1/{every} {name}: {drop[(name, every)]}", flush=True)
+    server = {}
+    for name, env in configs:
+        if name == "rustmalloc+trim":
+            continue
+        server[name] = run(name, env, "server", n_requests)
+        print(f"server {name}: final {server[name]['final']:.0f} MB, peak {server[name]['peak']:.0f} MB", flush=True)
+
+    lines = [
+        "# Memory given back",
+        "",
+        f"`python benches/memory.py{' --quick' if args.quick else ''}` on {machine()}, "
+        f"{time.strftime('%Y-%m-%d')}. RSS in MB (VmRSS); ratios to pymalloc.",
+        "",
+        f"## 1. Build {n_items:,} dicts (str, tuple, list each), keep 1 in N, drop the rest, gc.collect()",
+        "",
+        "`after`: rustmalloc+trim after `rustmalloc.trim()`; every other configuration after one more "
+        "second of allocation (what drives automatic policies, rustmalloc's included).",
+        "",
+        "| configuration | N | built | after drop + gc | after | after / pymalloc's after |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for every in (100, 1000):
+        base = drop[("pymalloc", every)]["after"]
+        for name, _ in configs:
+            r = drop[(name, every)]
+            lines.append(f"| {name} | {every} | {r['built']:.0f} | {r['dropped']:.0f} | {r['after']:.0f} | "
+                         f"{r['after'] / base:.2f} |")
+    lines += [
+        "",
+        f"## 2. Server-like loop: {n_requests:,} requests, a slowly changing set of 20,000 survivors",
+        "",
+        "| configuration | peak RSS | final RSS | RSS growth over the second half | final / pymalloc's |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    base = server["pymalloc"]["final"]
+    for name, r in server.items():
+        s = r["samples"]
+        half = s[len(s) // 2][1] if s else r["final"]
+        lines.append(f"| {name} | {r['peak']:.0f} | {r['final']:.0f} | {r['final'] - half:+.0f} | "
+                     f"{r['final'] / base:.2f} |")
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes)]
+    chart = os.path.join(args.out, "memory_server.png")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for name, r in server.items():
+            xs, ys = zip(*r["samples"]) if r["samples"] else ((), ())
+            ax.plot(xs, ys, label=name)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_title("Server-like loop: RSS over time")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(chart, dpi=100)
+        lines += ["", "![RSS over time](memory_server.png)"]
+    except ImportError:
+        lines += ["", "(matplotlib not installed: no chart; `pip install matplotlib`)"]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "memory.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
