@@ -104,6 +104,7 @@ PROGRESS = re.compile(r"\[\s*\d+/\d+(?:/\d+)?\] (test_\w+) (.*)$")
 class Case:
     outcome: str  # passed, failed, error, skipped, expected failure, unexpected success
     detail: str = ""
+    module: str = ""  # the test module whose run reported it (doctests are named after their object)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Run:
     seconds: float = 0.0
     modules: dict[str, str] = field(default_factory=dict)  # module -> outcome text
     cases: dict[str, Case] = field(default_factory=dict)
-    unnamed_failures: dict[str, int] = field(default_factory=dict)  # module -> count
+    unnamed: dict[str, int] = field(default_factory=dict)  # module -> cases left unnamed
     log: Path | None = None
 
     def module_status(self, module: str) -> str:
@@ -126,15 +127,10 @@ class Run:
 
     def counts(self, module: str) -> dict[str, int]:
         out: dict[str, int] = {}
-        for case_id, case in self.cases.items():
-            if _module_of(case_id) == module:
+        for case in self.cases.values():
+            if case.module == module:
                 out[case.outcome] = out.get(case.outcome, 0) + 1
         return out
-
-
-def _module_of(case_id: str) -> str:
-    parts = case_id.split(".")
-    return parts[1] if parts[0] == "test" and len(parts) > 1 else parts[0]
 
 
 def _say(*lines: str) -> None:
@@ -212,34 +208,37 @@ def _regrtest(python: Path, name: str, rustmalloc: bool, tests: list[str], jobs:
 
 
 def _read_junit(path: Path, run: Run) -> None:
+    # One <testsuite> per test module run; its module is the one most of its case ids name
+    # ("test.test_json.test_dump.TestDump.test_dump"); doctests are named after their object.
     for suite in ET.parse(path).getroot().iter("testsuite"):
-        unnamed = 0
+        named = [n.split(".")[1] for tc in suite.iter("testcase")
+                 if (n := tc.get("name") or "").startswith("test.") and n.count(".") >= 1]
+        module = max(set(named), key=named.count) if named else "?"
         for tc in suite.iter("testcase"):
             name = tc.get("name")
             if not name:
                 # regrtest's result object creates the element at startTest and names it when
                 # the test ends; a test whose subtests failed is never named.
-                unnamed += 1
+                run.unnamed[module] = run.unnamed.get(module, 0) + 1
                 continue
             if tc.find("error") is not None:
-                err = tc.find("error")
-                run.cases[name] = Case("error", (err.get("message") or "").strip())
+                case = Case("error", (tc.find("error").get("message") or "").strip())
             elif tc.find("failure") is not None:
-                err = tc.find("failure")
-                run.cases[name] = Case("failed", (err.get("message") or "").strip())
+                case = Case("failed", (tc.find("failure").get("message") or "").strip())
             elif tc.find("skipped") is not None:
-                run.cases[name] = Case("skipped", (tc.find("skipped").text or "").strip())
+                case = Case("skipped", (tc.find("skipped").text or "").strip())
             elif tc.find("output") is not None:
-                run.cases[name] = Case("expected failure")
+                case = Case("expected failure")
             elif tc.find("outcome") is not None:
-                run.cases[name] = Case("unexpected success")
+                case = Case("unexpected success")
             else:
-                run.cases[name] = Case("passed")
-        if unnamed:
-            # Attribute the suite to the module of its named cases, if any.
-            modules = {_module_of(tc.get("name")) for tc in suite.iter("testcase") if tc.get("name")}
-            key = modules.pop() if len(modules) == 1 else "?"
-            run.unnamed_failures[key] = run.unnamed_failures.get(key, 0) + unnamed
+                case = Case("passed")
+            case.module = module
+            key, n = name, 1
+            while key in run.cases:  # the same doctest run twice (C and Python versions)
+                n += 1
+                key = f"{name} [{n}]"
+            run.cases[key] = case
 
 
 # ---- comparing ---------------------------------------------------------------------------
@@ -252,8 +251,8 @@ def _summary(run: Run, module: str) -> str:
     for key in ("failed", "error", "skipped"):
         if c.get(key):
             bits.append(f"{c[key]} {key}")
-    if run.unnamed_failures.get(module):
-        bits.append(f"{run.unnamed_failures[module]} with failed subtests")
+    if run.unnamed.get(module):
+        bits.append(f"{run.unnamed[module]} with failed subtests")
     return ", ".join(bits[:1]) + ": " + ", ".join(bits[1:])
 
 
@@ -266,14 +265,13 @@ def compare(base: Run, rm: Run, tests: list[str]) -> tuple[list[str], list[str]]
             continue
         other = rm.cases.get(case_id)
         if other is None:
-            if rm.module_status(_module_of(case_id)) in ("passed", "failed", "env changed"):
+            if rm.module_status(case.module) in ("passed", "failed", "env changed"):
                 regressions.append(f"{case_id}: passed without rustmalloc, did not run with it")
             continue  # a crashed or timed-out module is reported below
         if other.outcome in ("passed", "expected failure"):
             continue
         if case_id in PYMALLOC_DEPENDENT:
-            notes.append(f"{case_id}: {other.outcome} with rustmalloc (listed: {PYMALLOC_DEPENDENT[case_id]})")
-            continue
+            continue  # shown with the list
         detail = other.detail.splitlines()[-1] if other.detail else ""
         regressions.append(f"{case_id}: passed without rustmalloc, {other.outcome} with it: {detail}")
     for case_id in PYMALLOC_DEPENDENT:
@@ -284,9 +282,8 @@ def compare(base: Run, rm: Run, tests: list[str]) -> tuple[list[str], list[str]]
         if b != "passed" or r == "passed":
             continue
         unlisted = [cid for cid, c in rm.cases.items()
-                    if _module_of(cid) == module and c.outcome in ("failed", "error")
-                    and cid not in PYMALLOC_DEPENDENT]
-        if r == "failed" and not unlisted and not rm.unnamed_failures.get(module):
+                    if c.module == module and c.outcome in ("failed", "error") and cid not in PYMALLOC_DEPENDENT]
+        if r == "failed" and not unlisted and not rm.unnamed.get(module):
             continue  # failed only through listed cases
         regressions.append(f"{module}: {b} without rustmalloc, {rm.modules.get(module, 'missing')} with it")
     for module in tests:
