@@ -9,22 +9,58 @@ and cannot be undone: blocks rustmalloc handed out must stay freeable until the 
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Union
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers read it as True)
 
 from . import _rustmalloc as _ext
-from ._config import configure, parse_size
-from ._stats import (
-    DomainStats,
-    OsStats,
-    SizeClassStats,
-    Snapshot,
-    allocated_blocks,
-    format_stats,
-    print_stats,
-    reset_peak,
-    stats,
-    track,
-)
+
+if TYPE_CHECKING:  # at run time these load on first use (below): `import rustmalloc` stays
+    # cheap, which matters because the startup hook imports it in every interpreter.
+    from typing import Iterable, Union
+
+    from ._config import configure, parse_size
+    from ._stats import (
+        DomainStats,
+        OsStats,
+        SizeClassStats,
+        Snapshot,
+        allocated_blocks,
+        format_stats,
+        print_stats,
+        reset_peak,
+        stats,
+        track,
+    )
+
+_LAZY = {
+    "configure": "._config",
+    "parse_size": "._config",
+    "DomainStats": "._stats",
+    "OsStats": "._stats",
+    "SizeClassStats": "._stats",
+    "Snapshot": "._stats",
+    "allocated_blocks": "._stats",
+    "format_stats": "._stats",
+    "print_stats": "._stats",
+    "reset_peak": "._stats",
+    "stats": "._stats",
+    "track": "._stats",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rustmalloc' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DOMAINS",
@@ -52,7 +88,7 @@ DOMAINS = ("raw", "mem", "obj")
 _ACCEPTED = (frozenset({"raw"}), frozenset({"mem", "obj"}), frozenset(DOMAINS))
 
 
-def _domain_mask(domains: Union[str, Iterable[str]]) -> int:
+def _domain_mask(domains: "Union[str, Iterable[str]]") -> int:
     if isinstance(domains, str):
         items: tuple = (domains,)
     else:
@@ -83,17 +119,16 @@ def _domain_mask(domains: Union[str, Iterable[str]]) -> int:
 def _check_supported() -> None:
     if sys.implementation.name != "cpython":
         raise RuntimeError(f"rustmalloc replaces CPython's allocators; this is {sys.implementation.name}")
+    # sys._is_gil_enabled exists from 3.13 (no sysconfig import: this runs at every startup).
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        raise RuntimeError(
+            "rustmalloc cannot run on a free-threaded CPython: it finds objects by walking its "
+            "own mimalloc heaps, so the OBJ domain cannot be replaced"
+        )
     if sys.version_info >= (3, 12):
         raise RuntimeError(
             "rustmalloc supports CPython 3.9-3.11: from 3.12 a per-interpreter GIL (PEP 684) makes "
             "the MEM and OBJ domains need thread safety that rustmalloc does not provide yet"
-        )
-    import sysconfig
-
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
-        raise RuntimeError(
-            "rustmalloc cannot run on a free-threaded CPython: it finds objects by walking its "
-            "own mimalloc heaps, so the OBJ domain cannot be replaced"
         )
 
 
@@ -121,7 +156,7 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool) -> None:
     _check_supported()
     if mask & ~_ext._installed_mask() == 0:
         return
-    if not _ext._installed_mask():
+    if not _ext._installed_mask() and any(k.startswith("RUSTMALLOC_") for k in _environ()):
         from ._config import configure_from_environment
 
         configure_from_environment()
@@ -136,6 +171,12 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool) -> None:
     finally:
         if tracing:
             _tracemalloc.start(limit)
+
+
+def _environ() -> "dict":
+    import os
+
+    return os.environ  # type: ignore[return-value]
 
 
 def installed() -> tuple:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Union
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers read it as True)
 
 from . import _rustmalloc as _ext
+
+if TYPE_CHECKING:
+    from typing import Optional, Union
 
 _UNITS = {
     "": 1, "b": 1,
