@@ -131,6 +131,14 @@ def stats(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(f"short workload (json, pickle, re, dicts, cyclic gc, 4 threads): result {result}, {elapsed:.2f} s")
     print(report_text("rustmalloc statistics of this process:"))
+    if args.plot:
+        from rustmalloc._plot import plot
+
+        try:
+            print(f"chart written to {plot(args.plot)}")
+        except RuntimeError as e:  # matplotlib missing: say how to get it
+            print(f"python -m rustmalloc stats --plot: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -258,6 +266,12 @@ def _build_parser() -> tuple:
         "stats",
         help="install, run a short workload and print the statistics report of this process",
         description="Install rustmalloc, run a short demo workload and print the statistics report of this process.",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw blocks in use and free per size class, and bytes per domain, to FILE (a PNG); "
+        "needs matplotlib: pip install 'rustmalloc[plot]'",
     )
     p.set_defaults(func=stats)
 

@@ -5,7 +5,18 @@ the initial conftest files and the test modules are imported, and prints rustmal
 at the end of the session. Without the option the plugin does nothing. (Subprocesses the tests
 start are not covered: for them, run ``RUSTMALLOC=1 pytest``.)
 
-Sections: command line options; installing; the session summary.
+It also gives tests two tools, active only where a test asks for them:
+
+- ``@pytest.mark.limit_memory("24 MB")`` fails the test when the peak of the net bytes it
+  allocated (every domain, every thread, as ``rustmalloc.track()`` measures) exceeds the limit,
+  saying what the peak was. Units: B, KB, MB, GB, KiB, MiB, GiB.
+- the ``rustmalloc_stats`` fixture gives the test a ``rustmalloc.track()`` entered around its body.
+
+Both install rustmalloc (all domains) if it is not yet installed: blocks allocated before are
+still freed correctly, but only allocations after the install are measured, so a whole session
+measures best under ``--rustmalloc``.
+
+Sections: command line options; installing; memory limits and the fixture; the session summary.
 """
 
 from __future__ import annotations
@@ -57,9 +68,84 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "limit_memory(limit): fail the test if the peak of the net bytes it allocates exceeds "
+        "limit (an int of bytes or a string such as '24 MB'; units B, KB, MB, GB, KiB, MiB, GiB)",
+    )
     # Covers a plugin registered too late for pytest_load_initial_conftests (e.g. through a
     # conftest's pytest_plugins); install() is idempotent.
     _install(config)
+
+
+# ---- memory limits and the fixture ---------------------------------------------------------
+
+
+def _limit_of(item: pytest.Item):
+    marker = item.get_closest_marker("limit_memory")
+    if marker is None:
+        return None
+    from rustmalloc._config import parse_size
+
+    if len(marker.args) != 1 or marker.kwargs:
+        raise pytest.UsageError(
+            f"{item.nodeid}: use @pytest.mark.limit_memory('24 MB') with exactly one limit"
+        )
+    try:
+        return parse_size(marker.args[0], "limit_memory")
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+
+
+def _ensure_installed() -> None:
+    import rustmalloc
+
+    if not rustmalloc.installed():
+        rustmalloc.install()
+
+
+_LIMIT = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    # Read every limit before any test runs, so a malformed one is a usage error of the session.
+    for item in items:
+        limit = _limit_of(item)
+        if limit is not None:
+            item.stash[_LIMIT] = limit
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    limit = item.stash.get(_LIMIT, None)
+    if limit is None:
+        yield
+        return
+    _ensure_installed()
+    import rustmalloc
+
+    with rustmalloc.track() as measured:
+        outcome = yield
+    if outcome.excinfo is None and measured.peak_bytes > limit:
+        from rustmalloc._stats import format_bytes
+
+        pytest.fail(
+            f"{item.nodeid} allocated a peak of {measured.peak_bytes:,} bytes "
+            f"({format_bytes(measured.peak_bytes)}), over its limit_memory of {limit:,} bytes "
+            f"({format_bytes(limit)})",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def rustmalloc_stats():
+    """A ``rustmalloc.track()`` entered around the test body: read ``allocated_bytes``,
+    ``peak_bytes``, ... while the test runs or after."""
+    _ensure_installed()
+    import rustmalloc
+
+    with rustmalloc.track() as measured:
+        yield measured
 
 
 # ---- the session summary -----------------------------------------------------------------
