@@ -110,6 +110,7 @@ pub unsafe fn alloc_counted<const STATS: bool>(h: *mut Heap, size: usize, domain
 /// # Safety
 /// As for `alloc`.
 pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -> *mut u8 {
+    crate::no_unwind(null_mut(), || {
     (*h).counters.callocs[domain].add(1);
     let Some(total) = n.checked_mul(size) else { return null_mut() };
     if total > LARGE_MAX {
@@ -120,6 +121,7 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
         ptr::write_bytes(p, 0, total);
     }
     p
+    })
 }
 
 /// Pages of a queue looked at when choosing the next one to allocate from.
@@ -128,6 +130,7 @@ const FULLEST_OF: usize = 8;
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
+    crate::no_unwind(null_mut(), || {
     collect_remote(h);
     maybe_purge(h);
     let q = queue(h, domain, class);
@@ -152,6 +155,7 @@ unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8
     queue_push_front(q, page);
     carve(h, page);
     pop(h, page, class, domain)
+    })
 }
 
 /// Carve more blocks into an empty free list; false if the page is all carved.
@@ -203,6 +207,7 @@ unsafe fn move_fullest_to_front(q: *mut PageQueue) {
 #[cold]
 #[inline(never)]
 unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+    crate::no_unwind(null_mut(), || {
     if size > LARGE_MAX {
         return alloc_huge(h, size, domain);
     }
@@ -222,6 +227,7 @@ unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     (*page).full = false;
     count_large_alloc(h, domain, rounded);
     (*page).start
+    })
 }
 
 unsafe fn count_large_alloc(h: *mut Heap, domain: usize, rounded: usize) {
@@ -324,6 +330,7 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *mut u8) {
+    crate::no_unwind((), || {
     if (*seg).kind == SegmentKind::Huge {
         count_large_free(h, (*seg).huge_domain as usize, (*seg).huge_size);
         segment::release_segment(seg);
@@ -336,6 +343,7 @@ unsafe fn free_slow(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *
     } else {
         push_remote(owner, p);
     }
+    })
 }
 
 #[inline]
@@ -397,6 +405,7 @@ unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
+    crate::no_unwind((), || {
     let q = queue(h, (*page).domain as usize, (*page).class as usize);
     if (*page).full {
         (*page).full = false;
@@ -409,6 +418,7 @@ unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
         (*h).counters.carved[d][c].sub((*page).capacity as u64);
         release_pages(h, page);
     }
+    })
 }
 
 /// Give a page (or a large span) back to its segment; unmap the segment if it is empty and the
@@ -435,6 +445,7 @@ unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
 /// # Safety
 /// As for `free`.
 pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *mut u8 {
+    crate::no_unwind(null_mut(), || {
     (*h).counters.reallocs[domain].add(1);
     if size > isize::MAX as usize {
         return null_mut();
@@ -481,6 +492,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
     ptr::copy_nonoverlapping(p, q, old_size.min(size));
     free(h, p);
     q
+    })
 }
 
 /// The usable size of a block of ours.

@@ -42,6 +42,14 @@ use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use heap::Heap;
 
+/// Run `f`, turning a panic into `fallback`. The allocator's slow paths run under this, so no
+/// panic (a bug) can unwind into CPython through a hook; the fast paths contain no operation
+/// that can panic (no checked arithmetic, no bounds check), so they pay nothing for it.
+#[inline(always)]
+pub(crate) fn no_unwind<R>(fallback: R, f: impl FnOnce() -> R) -> R {
+    std::panic::catch_unwind(core::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
 /// Domain indices (CPython's `PYMEM_DOMAIN_RAW`, `_MEM`, `_OBJ` have the same values).
 pub const RAW: usize = 0;
 pub const MEM: usize = 1;

@@ -3,12 +3,12 @@
 //! dance live in `python/rustmalloc/__init__.py`; this file only does what needs C.
 //!
 //! Hooks ignore their `ctx` argument (CPython may pair a new function with an old ctx), never
-//! let a panic out (`guard`), and hand every pointer we do not own to the allocator that was
-//! installed before us, saved in `PREVIOUS` before our hook goes in and never changed after.
+//! let a panic out (the core's slow paths run under `no_unwind`; its fast paths cannot panic),
+//! and hand every pointer we do not own to the allocator that was installed before us, saved in
+//! `PREVIOUS` before our hook goes in and never changed after.
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_void};
-use core::panic::AssertUnwindSafe;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
 use pyo3::exceptions::PyRuntimeError;
@@ -40,20 +40,15 @@ fn previous(domain: usize) -> &'static PyMemAllocatorEx {
     unsafe { &(*PREVIOUS.0.get())[domain] }
 }
 
-/// Run `f`, turning a panic into `fallback` instead of unwinding into C.
-#[inline(always)]
-fn guard<R>(fallback: R, f: impl FnOnce() -> R) -> R {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
-}
 
 // ---- RAW: any thread, GIL or not ---------------------------------------------------------
 
 extern "C" fn raw_malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
-    guard(null_mut(), || crate::raw_malloc(size) as *mut c_void)
+    crate::raw_malloc(size) as *mut c_void
 }
 
 extern "C" fn raw_calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
-    guard(null_mut(), || crate::raw_calloc(n, size) as *mut c_void)
+    crate::raw_calloc(n, size) as *mut c_void
 }
 
 extern "C" fn raw_realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
@@ -62,7 +57,7 @@ extern "C" fn raw_realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mu
     }
     if owns(p as *const u8) {
         // SAFETY: `p` is a live block of ours (the caller passes only live pointers).
-        return guard(null_mut(), || unsafe { crate::raw_realloc(p as *mut u8, size) } as *mut c_void);
+        return unsafe { crate::raw_realloc(p as *mut u8, size) } as *mut c_void;
     }
     forward_realloc(RAW, p, size)
 }
@@ -73,7 +68,7 @@ extern "C" fn raw_free(_ctx: *mut c_void, p: *mut c_void) {
     }
     if owns(p as *const u8) {
         // SAFETY: as in `raw_realloc`.
-        guard((), || unsafe { crate::raw_free(p as *mut u8) });
+        unsafe { crate::raw_free(p as *mut u8) };
     } else {
         forward_free(RAW, p);
     }
@@ -85,11 +80,11 @@ macro_rules! gil_hooks {
     ($domain:expr, $malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
         extern "C" fn $malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
             // SAFETY: CPython calls MEM/OBJ with the GIL held.
-            guard(null_mut(), || unsafe { crate::gil_malloc($domain, size) } as *mut c_void)
+            unsafe { crate::gil_malloc($domain, size) as *mut c_void }
         }
         extern "C" fn $calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
             // SAFETY: as above.
-            guard(null_mut(), || unsafe { crate::gil_calloc($domain, n, size) } as *mut c_void)
+            unsafe { crate::gil_calloc($domain, n, size) as *mut c_void }
         }
         extern "C" fn $realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
             if p.is_null() {
@@ -97,9 +92,7 @@ macro_rules! gil_hooks {
             }
             if owns(p as *const u8) {
                 // SAFETY: the GIL is held and `p` is a live block of ours.
-                return guard(null_mut(), || unsafe {
-                    crate::gil_realloc($domain, p as *mut u8, size) as *mut c_void
-                });
+                return unsafe { crate::gil_realloc($domain, p as *mut u8, size) as *mut c_void };
             }
             forward_realloc($domain, p, size)
         }
@@ -110,7 +103,7 @@ macro_rules! gil_hooks {
             if owns(p as *const u8) {
                 // SAFETY: as above. Whichever heap owns the block gets it back, so a MEM/OBJ
                 // (or RAW) mix-up cannot corrupt anything.
-                guard((), || unsafe { crate::gil_free(p as *mut u8) });
+                unsafe { crate::gil_free(p as *mut u8) };
             } else {
                 forward_free($domain, p);
             }
@@ -416,7 +409,7 @@ fn _reset_peak() {
 #[pyfunction]
 fn _trim(_py: Python<'_>) -> usize {
     // SAFETY: `Python<'_>` proves the GIL is held.
-    guard(0, || unsafe { crate::trim() })
+    crate::no_unwind(0, || unsafe { crate::trim() })
 }
 
 /// Set the purge policy (validated by the Python wrapper).

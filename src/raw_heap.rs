@@ -107,7 +107,7 @@ pub fn with_heap<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
 #[inline(never)]
 fn with_heap_slow<R>(h: *mut RawHeap, f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
     if h.is_null() {
-        let h = acquire();
+        let h = crate::no_unwind(null_mut(), acquire);
         if !h.is_null() {
             set_thread_heap(h);
             if let Some(key) = key() {
@@ -194,7 +194,10 @@ fn create(state: u8) -> *mut RawHeap {
 
 /// Hand the thread's heap over for adoption (pthread key destructor).
 extern "C" fn thread_exit(value: *mut libc::c_void) {
-    let h = value as *mut RawHeap;
+    crate::no_unwind((), || hand_over(value as *mut RawHeap))
+}
+
+fn hand_over(h: *mut RawHeap) {
     if h.is_null() || h == DEAD {
         return;
     }
