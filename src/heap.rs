@@ -475,7 +475,12 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             let fits = size <= capacity && size * 2 >= old_size;
             let grown = !fits && size > capacity && (*seg).owner == h && {
                 let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
-                segment::extend_span(page, extra)
+                let ok = segment::extend_span(page, extra);
+                // The heap's list holds only segments with free pages.
+                if ok && (*seg).free_pages == 0 && (*seg).in_list {
+                    segment_list_remove(h, seg);
+                }
+                ok
             };
             if fits || grown {
                 let rounded = segment::huge_rounded(size);

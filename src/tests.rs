@@ -278,13 +278,29 @@ fn realloc_across_every_kind_keeps_contents() {
 #[test]
 fn large_block_grows_in_place_when_pages_follow() {
     let _g = serial();
-    let p = raw_malloc(SMALL_MAX + 100);
+    let p = unsafe { gil_malloc(MEM, SMALL_MAX + 100) };
     fill(p, SMALL_MAX + 100, 3);
-    let q = unsafe { raw_realloc(p, 5 * segment::PAGE_SIZE) };
+    let q = unsafe { gil_realloc(MEM, p, 5 * segment::PAGE_SIZE) };
     check(q, SMALL_MAX + 100, 3);
     // Fresh segment pages follow a new span unless another test took them; in place is the
     // common case, copying is still correct.
-    unsafe { raw_free(q) };
+    unsafe { check_gil_heap() };
+    // Growing into a segment's last free pages must take the segment off the heap's list of
+    // segments with free pages. A private heap makes the layout exact: its first segment has 63
+    // usable pages; a 32-page span, a 1-page span, then grow the latter into the 30 left.
+    let h: *mut heap::Heap = Box::into_raw(Box::new(heap::Heap::new()));
+    unsafe {
+        let a = heap::alloc(h, 32 * segment::PAGE_SIZE, MEM);
+        let b = heap::alloc(h, SMALL_MAX + 1, MEM);
+        let b2 = heap::realloc(h, b, 31 * segment::PAGE_SIZE, MEM);
+        assert_eq!(b2, b, "grown in place");
+        heap::check_invariants(h);
+        heap::free(h, a);
+        heap::free(h, b2);
+        heap::check_invariants(h);
+    }
+    unsafe { gil_free(q) };
+    unsafe { check_gil_heap() };
 }
 
 #[test]
