@@ -500,6 +500,19 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
     })
 }
 
+/// The domain a block of ours belongs to.
+///
+/// # Safety
+/// `p` is a live block of ours.
+pub unsafe fn block_domain(p: *mut u8) -> usize {
+    let seg = segment_of(p);
+    if (*seg).kind == SegmentKind::Huge {
+        (*seg).huge_domain as usize
+    } else {
+        (*page_of(p)).domain as usize
+    }
+}
+
 /// The usable size of a block of ours.
 ///
 /// # Safety

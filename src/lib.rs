@@ -24,6 +24,7 @@
 //! - no path here allocates through Rust's global allocator, takes a lock other than the RAW
 //!   fallback heap's spin lock, or calls into Python.
 
+pub mod check;
 pub mod heap;
 pub mod os;
 pub mod purge;

@@ -164,6 +164,95 @@ forward_hooks!(RAW, fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_fre
 forward_hooks!(MEM, fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free);
 forward_hooks!(OBJ, fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free);
 
+// ---- Checking-mode hooks (see check.rs): chosen at the first install, never on the fast path --
+
+fn gil_missing(function: &'static str) -> bool {
+    // SAFETY: PyGILState_Check may be called from any thread.
+    if unsafe { ffi::PyGILState_Check() } != 0 {
+        return false;
+    }
+    crate::check::report(format_args!(
+        "{function} called by a thread that does not hold the GIL (a C extension bug); in warn \
+         mode the call is served by the thread-safe RAW heap"
+    ));
+    true
+}
+
+/// The checking hooks of one domain: `gil` says whether the domain needs the GIL (MEM, OBJ).
+macro_rules! checking {
+    ($domain:expr, $gil:expr, $names:expr, $malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
+        extern "C" fn $malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+            let raw = $domain == RAW || ($gil && gil_missing($names[0]));
+            crate::check::malloc(size, false, |n| alloc_for($domain, raw, n)) as *mut c_void
+        }
+        extern "C" fn $calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
+            let Some(total) = n.checked_mul(size) else { return null_mut() };
+            let raw = $domain == RAW || ($gil && gil_missing($names[1]));
+            crate::check::malloc(total, true, |n| alloc_for($domain, raw, n)) as *mut c_void
+        }
+        extern "C" fn $realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
+            if p.is_null() {
+                return $malloc(_ctx, size);
+            }
+            if !owns(p as *const u8) {
+                return forward_realloc($domain, p, size);
+            }
+            let raw = $domain == RAW || ($gil && gil_missing($names[2]));
+            let call = crate::check::Call { domain: $domain, function: $names[2] };
+            // SAFETY: `p` is ours; `free_for` routes each block to its owner.
+            unsafe {
+                crate::check::realloc(
+                    p as *mut u8,
+                    size,
+                    &call,
+                    |n| alloc_for($domain, raw, n),
+                    |q| free_for(raw, q),
+                ) as *mut c_void
+            }
+        }
+        extern "C" fn $free(_ctx: *mut c_void, p: *mut c_void) {
+            if p.is_null() {
+                return;
+            }
+            if !owns(p as *const u8) {
+                return forward_free($domain, p);
+            }
+            let raw = $domain == RAW || ($gil && gil_missing($names[3]));
+            let call = crate::check::Call { domain: $domain, function: $names[3] };
+            // SAFETY: as above.
+            unsafe { crate::check::free(p as *mut u8, &call, |q| free_for(raw, q)) }
+        }
+    };
+}
+
+/// Allocate for a checking hook: from the GIL heap, or from RAW when the GIL is not held.
+fn alloc_for(domain: usize, raw: bool, n: usize) -> *mut u8 {
+    if raw {
+        crate::raw_malloc(n)
+    } else {
+        // SAFETY: the GIL is held (checked by the caller).
+        unsafe { crate::gil_malloc(domain, n) }
+    }
+}
+
+fn free_for(raw: bool, p: *mut u8) {
+    // SAFETY: `p` is a live block of ours leaving the quarantine; both route it to its owner.
+    unsafe {
+        if raw {
+            crate::raw_free(p)
+        } else {
+            crate::gil_free(p)
+        }
+    }
+}
+
+const RAW_NAMES: [&str; 4] = ["PyMem_RawMalloc", "PyMem_RawCalloc", "PyMem_RawRealloc", "PyMem_RawFree"];
+const MEM_NAMES: [&str; 4] = ["PyMem_Malloc", "PyMem_Calloc", "PyMem_Realloc", "PyMem_Free"];
+const OBJ_NAMES: [&str; 4] = ["PyObject_Malloc", "PyObject_Calloc", "PyObject_Realloc", "PyObject_Free"];
+checking!(RAW, false, RAW_NAMES, chk_raw_malloc, chk_raw_calloc, chk_raw_realloc, chk_raw_free);
+checking!(MEM, true, MEM_NAMES, chk_mem_malloc, chk_mem_calloc, chk_mem_realloc, chk_mem_free);
+checking!(OBJ, true, OBJ_NAMES, chk_obj_malloc, chk_obj_calloc, chk_obj_realloc, chk_obj_free);
+
 type Hooks = (
     extern "C" fn(*mut c_void, usize) -> *mut c_void,
     extern "C" fn(*mut c_void, usize, usize) -> *mut c_void,
@@ -171,14 +260,17 @@ type Hooks = (
     extern "C" fn(*mut c_void, *mut c_void),
 );
 
-fn hooks(domain: usize, forward_only: bool) -> PyMemAllocatorEx {
-    let (malloc, calloc, realloc, free): Hooks = match (domain, forward_only) {
-        (RAW, false) => (raw_malloc, raw_calloc, raw_realloc, raw_free),
-        (MEM, false) => (mem_malloc, mem_calloc, mem_realloc, mem_free),
-        (_, false) => (obj_malloc, obj_calloc, obj_realloc, obj_free),
-        (RAW, true) => (fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_free),
-        (MEM, true) => (fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free),
-        (_, true) => (fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free),
+fn hooks(domain: usize, forward_only: bool, checking: bool) -> PyMemAllocatorEx {
+    let (malloc, calloc, realloc, free): Hooks = match (domain, forward_only, checking) {
+        (RAW, true, _) => (fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_free),
+        (MEM, true, _) => (fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free),
+        (_, true, _) => (fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free),
+        (RAW, _, true) => (chk_raw_malloc, chk_raw_calloc, chk_raw_realloc, chk_raw_free),
+        (MEM, _, true) => (chk_mem_malloc, chk_mem_calloc, chk_mem_realloc, chk_mem_free),
+        (_, _, true) => (chk_obj_malloc, chk_obj_calloc, chk_obj_realloc, chk_obj_free),
+        (RAW, _, _) => (raw_malloc, raw_calloc, raw_realloc, raw_free),
+        (MEM, _, _) => (mem_malloc, mem_calloc, mem_realloc, mem_free),
+        (_, _, _) => (obj_malloc, obj_calloc, obj_realloc, obj_free),
     };
     PyMemAllocatorEx {
         ctx: null_mut(),
@@ -238,9 +330,12 @@ fn current_allocator_name() -> Option<String> {
 ///
 /// `forward_only` installs hooks that hand every call to the previous allocator: the cost of
 /// being a hook and nothing else, for the benchmarks. It is fixed by the first install.
+///
+/// `check` is the checking mode (0 off, 1 report and abort, 2 report and go on), also fixed by
+/// the first install: blocks handed out before cannot gain canaries.
 #[pyfunction]
-#[pyo3(signature = (mask, forward_only = false))]
-fn _install(py: Python<'_>, mask: u8, forward_only: bool) -> PyResult<()> {
+#[pyo3(signature = (mask, forward_only = false, check = 0))]
+fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult<()> {
     if py.version_info() >= (3, 12) {
         return Err(PyRuntimeError::new_err(
             "rustmalloc supports CPython 3.9-3.11: from 3.12 a per-interpreter GIL (PEP 684) makes \
@@ -265,7 +360,17 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool) -> PyResult<()> {
              the mode is fixed by the first install() of the process",
         ));
     }
+    if have != 0 && check != crate::check::MODE.load(Relaxed) {
+        return Err(PyRuntimeError::new_err(
+            "the checking mode is fixed by the first install() of the process (blocks handed \
+             out before cannot gain canaries): call install() with the same check= value",
+        ));
+    }
+    if check > crate::check::WARN {
+        return Err(PyRuntimeError::new_err("check must be 0 (off), 1 (abort) or 2 (warn)"));
+    }
     FORWARD_ONLY.store(forward_only, Relaxed);
+    crate::check::MODE.store(check, Relaxed);
     if have == 0 {
         match current_allocator_name() {
             Some(_) => {
@@ -294,7 +399,7 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool) -> PyResult<()> {
         // PyMem_SetAllocator copies the struct.
         unsafe {
             (*PREVIOUS.0.get())[d] = current(d);
-            let mut mine = hooks(d, forward_only);
+            let mut mine = hooks(d, forward_only, check != crate::check::OFF);
             ffi::PyMem_SetAllocator(ffi_domain(d), &mut mine);
         }
         INSTALLED.fetch_or(1 << d, Release);

@@ -212,9 +212,11 @@ fn hand_over(h: *mut RawHeap) {
 
 extern "C" fn fork_prepare() {
     lock_fallback();
+    crate::check::fork_prepare();
 }
 
 extern "C" fn fork_parent() {
+    crate::check::fork_release();
     FALLBACK_LOCK.store(false, Release);
 }
 
@@ -232,6 +234,7 @@ extern "C" fn fork_child() {
             h = (*h).next_in_registry;
         }
     }
+    crate::check::fork_release();
     FALLBACK_LOCK.store(false, Release);
 }
 

@@ -132,26 +132,47 @@ def _check_supported() -> None:
         )
 
 
-def install(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
+def install(domains: Union[str, Iterable[str]] = DOMAINS, *, check: Union[bool, str, None] = None) -> None:
     """Serve the given allocator domains with rustmalloc from now on.
 
     Idempotent: installing a domain again does nothing, and a later call may add domains.
     Accepted sets: ``('raw',)``, ``('mem', 'obj')`` and all three (the default).
 
+    ``check`` turns on the checking mode for C-extension memory bugs (double free, write past
+    the end, write after free, MEM/OBJ without the GIL): ``True`` reports and aborts, ``"warn"``
+    reports and goes on, ``False`` is off; ``None`` (the default) takes ``RUSTMALLOC_CHECK``
+    (``1``, ``warn`` or ``0``) from the environment. It is fixed by the first install.
+
     If tracemalloc is tracing, it is stopped, rustmalloc installed, and tracing restarted with
     the same traceback limit (traces taken before the call are lost): tracemalloc must wrap
     rustmalloc, never the reverse. Raises RuntimeError if another allocator hook is in place.
     """
-    _install(domains, forward_only=False)
+    _install(domains, forward_only=False, check=_check_mode(check))
+
+
+def _check_mode(check: Union[bool, str, None]) -> int:
+    if check is None:
+        value = _environ().get("RUSTMALLOC_CHECK", "").strip().lower()
+        table = {"": 0, "0": 0, "off": 0, "1": 1, "on": 1, "abort": 1, "warn": 2}
+        if value not in table:
+            raise ValueError(
+                f"RUSTMALLOC_CHECK={value!r}: use 1 (report and abort), warn (report and go on) or 0"
+            )
+        return table[value]
+    if check is True or check is False:
+        return int(check)
+    if check == "warn":
+        return 2
+    raise ValueError(f"check must be True, False or 'warn', not {check!r}")
 
 
 def _install_forward_only(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
     """Install hooks that hand every call to the previous allocator: the floor cost of being a
     hook, for benchmarks. Not for use otherwise; the mode is fixed by the first install."""
-    _install(domains, forward_only=True)
+    _install(domains, forward_only=True, check=0)
 
 
-def _install(domains: Union[str, Iterable[str]], forward_only: bool) -> None:
+def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: int) -> None:
     mask = _domain_mask(domains)
     _check_supported()
     if mask & ~_ext._installed_mask() == 0:
@@ -167,7 +188,7 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool) -> None:
     if tracing:
         _tracemalloc.stop()
     try:
-        _ext._install(mask, forward_only)
+        _ext._install(mask, forward_only, check)
     finally:
         if tracing:
             _tracemalloc.start(limit)

@@ -22,6 +22,10 @@ and ``RUSTMALLOC_STATS_JSON`` (write the snapshot to that file at exit). They co
 that reads them: this module removes them from ``os.environ`` so that its children do not report
 too, while ``RUSTMALLOC`` itself stays, so that every child process is served by rustmalloc.
 
+``RUSTMALLOC_CHECK=1`` (or ``warn``) alone also installs, all domains, in the checking mode;
+with ``RUSTMALLOC`` it picks the checking mode for the domains that names (``install()`` reads
+the variable).
+
 Only ``os`` and ``sys`` are imported here (``site`` has loaded both already).
 """
 
@@ -94,6 +98,8 @@ def start() -> None:
     are consumed). Runs when this module is first imported."""
     global outcome
     value = os.environ.get("RUSTMALLOC", "")
+    if value.strip() in ("", "0") and os.environ.get("RUSTMALLOC_CHECK", "").strip() not in _OFF:
+        value = "1"  # RUSTMALLOC_CHECK=1 alone: install all domains in the checking mode
     print_report = os.environ.pop("RUSTMALLOC_STATS", "").strip() not in _OFF
     json_path = os.environ.pop("RUSTMALLOC_STATS_JSON", "") or None
     domains = parse(value)

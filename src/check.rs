@@ -1,0 +1,259 @@
+//! The checking mode: catch C-extension memory bugs in a running process.
+//!
+//! CPython's debug hooks need a header before every block, so they cannot be added to a live
+//! heap; this mode needs none. It is chosen at the first install and then wraps every call:
+//!
+//! ```text
+//!  block (a class 16 bytes larger than asked)
+//!  +---------------------------+-----------------------+----------------+
+//!  | user bytes (n)            | canary 0xCC ...       | n (8 bytes)    |
+//!  +---------------------------+-----------------------+----------------+
+//! ```
+//! - fresh blocks are filled with `FRESH` (0xCB; calloc gives zeros), so reads of uninitialised
+//!   memory show; freed blocks with `FREED` (0xDF), and the size slot gets `FREED_MARK`;
+//! - free or realloc: a `FREED_MARK` in the size slot is a double free; a size that does not fit
+//!   the block means its end was overwritten; a changed canary byte is a write past the end;
+//! - freed blocks wait in a quarantine (FIFO, bounded in blocks and bytes) before they are really
+//!   freed; a byte that is no longer `FREED` when a block leaves it is a write after free.
+//!
+//! A finding is reported as one line on stderr starting `rustmalloc:` that names the bug, the
+//! address, the size class and the domain; then the process aborts (as glibc does on a double
+//! free) unless the mode is "warn". Reporting allocates nothing. Blocks larger than
+//! `QUARANTINE_MAX_BLOCK` are checked but not quarantined. Purging never touches quarantined
+//! blocks (they are on no free list), so it cannot erase what the checks rely on.
+
+use crate::{owns, usable_size};
+use core::fmt::Write;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
+
+pub const OFF: u8 = 0;
+pub const ABORT: u8 = 1;
+pub const WARN: u8 = 2;
+/// The checking mode in force (fixed before the hooks go in).
+pub static MODE: AtomicU8 = AtomicU8::new(OFF);
+
+const FRESH: u8 = 0xCB;
+const FREED: u8 = 0xDF;
+const CANARY: u8 = 0xCC;
+const FREED_MARK: u64 = 0xDFDF_DFDF_DFDF_DF01;
+/// Extra bytes per block: at least 8 of canary, and the size slot.
+const EXTRA: usize = 16;
+
+const QUARANTINE_LEN: usize = 4096;
+const QUARANTINE_BYTES: usize = 16 << 20;
+const QUARANTINE_MAX_BLOCK: usize = 64 << 10;
+
+static QUARANTINE: [AtomicPtr<u8>; QUARANTINE_LEN] =
+    [const { AtomicPtr::new(null_mut()) }; QUARANTINE_LEN];
+static Q_HEAD: AtomicUsize = AtomicUsize::new(0);
+static Q_BYTES: AtomicUsize = AtomicUsize::new(0);
+static Q_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// How a block was freed: what the hooks know of the call.
+pub struct Call {
+    pub domain: usize,
+    pub function: &'static str,
+}
+
+fn lock() {
+    while Q_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+        std::hint::spin_loop();
+    }
+}
+
+fn unlock() {
+    Q_LOCK.store(false, Release);
+}
+
+/// Fork handlers (called from `raw_heap`'s): the quarantine lock must not be held across fork.
+pub fn fork_prepare() {
+    lock();
+}
+
+pub fn fork_release() {
+    unlock();
+}
+
+/// A fixed buffer that `write!` fills without allocating.
+struct Line {
+    buf: [u8; 320],
+    len: usize,
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Report a finding on stderr, then abort unless in "warn" mode.
+pub fn report(args: core::fmt::Arguments<'_>) {
+    let mut line = Line { buf: [0; 320], len: 0 };
+    let _ = line.write_str("rustmalloc: ");
+    let _ = line.write_fmt(args);
+    let _ = line.write_str("\n");
+    // SAFETY: writing our own buffer to fd 2.
+    unsafe { libc::write(2, line.buf.as_ptr() as *const libc::c_void, line.len) };
+    if MODE.load(Relaxed) != WARN {
+        // SAFETY: abort has no preconditions; like glibc on a double free.
+        unsafe { libc::abort() };
+    }
+}
+
+fn domain_name(d: usize) -> &'static str {
+    crate::DOMAIN_NAMES.get(d).copied().unwrap_or("?")
+}
+
+/// Lay out a fresh block of `n` user bytes (see the module doc).
+///
+/// # Safety
+/// `p` is a live block of ours of at least `n + EXTRA` usable bytes.
+unsafe fn prepare(p: *mut u8, n: usize, zeroed: bool) {
+    let bs = usable_size(p);
+    core::ptr::write_bytes(p, if zeroed { 0 } else { FRESH }, n);
+    core::ptr::write_bytes(p.add(n), CANARY, bs - 8 - n);
+    (p.add(bs - 8) as *mut u64).write_unaligned(n as u64);
+}
+
+/// The user size of a checked block, after checking it is live and its canary intact; None if
+/// a bug was reported (in warn mode the caller then leaves the block alone).
+unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
+    let bs = usable_size(p);
+    let domain = crate::heap::block_domain(p);
+    let n = (p.add(bs - 8) as *const u64).read_unaligned();
+    if n == FREED_MARK {
+        report(format_args!(
+            "double free of block {:p} (size class {} bytes, {} domain) by {}",
+            p, bs, domain_name(domain), call.function
+        ));
+        return None;
+    }
+    if n as usize > bs - EXTRA {
+        report(format_args!(
+            "block {:p} (size class {} bytes, {} domain) was overwritten past its end, over its \
+             size record, found by {}",
+            p, bs, domain_name(domain), call.function
+        ));
+        return None;
+    }
+    let n = n as usize;
+    let canary = core::slice::from_raw_parts(p.add(n), bs - 8 - n);
+    if let Some(off) = canary.iter().position(|&b| b != CANARY) {
+        report(format_args!(
+            "write past the end of block {:p} ({} bytes requested, size class {} bytes, {} \
+             domain): byte {} after the end was changed, found by {}",
+            p, n, bs, domain_name(domain), off, call.function
+        ));
+        return None;
+    }
+    Some(n)
+}
+
+/// Allocate `n` bytes through `alloc` (which takes the padded size), laid out for checking.
+pub fn malloc(n: usize, zeroed: bool, alloc: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
+    let Some(padded) = n.checked_add(EXTRA) else { return null_mut() };
+    let p = alloc(padded);
+    if !p.is_null() {
+        // SAFETY: a fresh block of ours with at least `padded` bytes.
+        unsafe { prepare(p, n, zeroed) };
+    }
+    p
+}
+
+/// Check and free a block of ours, through the quarantine; `free` really frees one.
+///
+/// # Safety
+/// `p` is a pointer of ours handed to a free hook.
+pub unsafe fn free(p: *mut u8, call: &Call, free: impl Fn(*mut u8)) {
+    if verify_live(p, call).is_none() {
+        return; // warn mode: leave a suspicious block alone rather than free it twice
+    }
+    let bs = usable_size(p);
+    core::ptr::write_bytes(p, FREED, bs - 8);
+    (p.add(bs - 8) as *mut u64).write_unaligned(FREED_MARK);
+    if bs > QUARANTINE_MAX_BLOCK {
+        free(p);
+        return;
+    }
+    lock();
+    let slot = Q_HEAD.load(Relaxed);
+    Q_HEAD.store((slot + 1) % QUARANTINE_LEN, Relaxed);
+    let old = QUARANTINE[slot].swap(p, Relaxed);
+    let mut bytes = Q_BYTES.load(Relaxed) + bs;
+    if !old.is_null() {
+        bytes -= usable_size(old);
+    }
+    Q_BYTES.store(bytes, Relaxed);
+    unlock();
+    if !old.is_null() {
+        release(old, &free);
+    }
+    // Keep the quarantine's bytes bounded too: release from the oldest end.
+    while Q_BYTES.load(Relaxed) > QUARANTINE_BYTES {
+        lock();
+        let tail = (Q_HEAD.load(Relaxed) + 1) % QUARANTINE_LEN;
+        let mut victim = null_mut();
+        for k in 0..QUARANTINE_LEN {
+            let slot = (tail + k) % QUARANTINE_LEN;
+            victim = QUARANTINE[slot].swap(null_mut(), Relaxed);
+            if !victim.is_null() {
+                Q_BYTES.fetch_sub(usable_size(victim), Relaxed);
+                break;
+            }
+        }
+        unlock();
+        if victim.is_null() {
+            break;
+        }
+        release(victim, &free);
+    }
+}
+
+/// A block leaves the quarantine: check nobody wrote to it since it was freed, then free it.
+unsafe fn release(p: *mut u8, free: &impl Fn(*mut u8)) {
+    let bs = usable_size(p);
+    let body = core::slice::from_raw_parts(p, bs - 8);
+    if let Some(off) = body.iter().position(|&b| b != FREED) {
+        report(format_args!(
+            "write to freed block {:p} (size class {} bytes, {} domain): byte {} was changed \
+             after the block was freed, found when it left the quarantine",
+            p, bs, domain_name(crate::heap::block_domain(p)), off
+        ));
+        if MODE.load(Relaxed) == WARN {
+            return; // leak it: it is still being written to
+        }
+    }
+    free(p);
+}
+
+/// Check a block being reallocated and move it to a fresh checked block of `n` bytes.
+///
+/// # Safety
+/// `p` is a pointer of ours handed to a realloc hook.
+pub unsafe fn realloc(
+    p: *mut u8,
+    n: usize,
+    call: &Call,
+    alloc: impl FnOnce(usize) -> *mut u8,
+    free_fn: impl Fn(*mut u8),
+) -> *mut u8 {
+    let Some(old) = verify_live(p, call) else { return null_mut() };
+    let q = malloc(n, false, alloc);
+    if q.is_null() {
+        return null_mut();
+    }
+    core::ptr::copy_nonoverlapping(p, q, old.min(n));
+    free(p, call, free_fn);
+    q
+}
+
+/// Whether `p` can be checked: ours, and allocated after the checking mode was fixed (always,
+/// since the mode is fixed at the first install, before any block of ours exists).
+#[inline]
+pub fn checkable(p: *const u8) -> bool {
+    owns(p)
+}

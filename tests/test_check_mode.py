@@ -1,0 +1,137 @@
+"""The checking mode: planted C-extension bugs are reported, each in a fresh interpreter."""
+
+import signal
+import sys
+
+import pytest
+
+from helpers import run_python
+
+PLANT = """
+import rustmalloc
+rustmalloc.install(check={check!r})
+D = DOMAINS[{domain!r}]
+junk = [str(i) * 3 for i in range(50_000)]       # ordinary work first: it must stay clean
+del junk
+p = D.malloc(40)
+kind = {kind!r}
+if kind == "double free":
+    D.free(p); D.free(p)
+elif kind == "overflow":
+    ctypes.memset(p, 0x41, 41)                    # one byte past the 40 requested
+    D.free(p)
+elif kind == "realloc overflow":
+    ctypes.memset(p, 0x41, 48)
+    D.realloc(p, 100)
+elif kind == "use after free":
+    D.free(p)
+    ctypes.memset(p + 8, 0x41, 4)
+    for i in range(5000):                          # push it out of the quarantine
+        D.free(D.malloc(40))
+print("finished")
+"""
+
+MESSAGES = {
+    "double free": "rustmalloc: double free of block 0x",
+    "overflow": "rustmalloc: write past the end of block 0x",
+    "realloc overflow": "rustmalloc: write past the end of block 0x",
+    "use after free": "rustmalloc: write to freed block 0x",
+}
+
+
+@pytest.mark.parametrize("domain", ["raw", "mem", "obj"])
+@pytest.mark.parametrize("kind", list(MESSAGES))
+def test_planted_bug_is_reported_and_aborts(kind, domain):
+    proc = run_python(PLANT.format(check=True, domain=domain, kind=kind), expect_rc=-signal.SIGABRT)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("rustmalloc:")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(MESSAGES[kind]), lines[0]
+    assert "size class 64 bytes" in lines[0] and f"{domain} domain" in lines[0], lines[0]
+    assert "finished" not in proc.stdout
+
+
+@pytest.mark.parametrize("kind", list(MESSAGES))
+def test_warn_mode_reports_and_goes_on(kind):
+    proc = run_python(PLANT.format(check="warn", domain="mem", kind=kind))
+    assert MESSAGES[kind] in proc.stderr
+    assert "finished" in proc.stdout
+
+
+def test_clean_run_stays_clean():
+    proc = run_python(
+        """
+        import rustmalloc, threading
+        rustmalloc.install(check=True)
+        out = python_churn(20_000)
+        def work():
+            for i in range(2000):
+                RAW_NOGIL.free(RAW_NOGIL.realloc(RAW_NOGIL.malloc(i % 700), i % 1300))
+        ts = [threading.Thread(target=work) for _ in range(4)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        big = bytearray(3_000_000); del big
+        for d in DOMAINS.values():
+            p = d.calloc(10, 10)
+            check(read(p, 100) == bytes(100), "calloc in check mode must zero")
+            q = d.malloc(24)
+            check(read(q, 24) == b"\\xcb" * 24, "fresh blocks are filled with 0xCB")
+            d.free(q); d.free(p)
+        print(out)
+        """,
+        expect_empty_stderr=True,
+    )
+    assert proc.stdout.strip()
+
+
+def test_check_mode_is_fixed_at_first_install():
+    run_python(
+        """
+        import rustmalloc
+        rustmalloc.install(("raw",), check=True)
+        try:
+            rustmalloc.install(("mem", "obj"), check=False)
+        except RuntimeError as e:
+            check("fixed by the first install" in str(e), str(e))
+        else:
+            raise AssertionError("mode changed after install")
+        rustmalloc.install(("mem", "obj"), check=True)
+        check(rustmalloc.installed() == ("raw", "mem", "obj"))
+        try:
+            rustmalloc.install(check="sometimes")
+        except ValueError as e:
+            check("warn" in str(e))
+        """
+    )
+
+
+def test_environment_variable_turns_it_on_at_startup():
+    proc = run_python(
+        """
+        import rustmalloc
+        check(rustmalloc.installed() == ("raw", "mem", "obj"), rustmalloc.installed())
+        p = DOMAINS["obj"].malloc(40)
+        DOMAINS["obj"].free(p); DOMAINS["obj"].free(p)
+        """,
+        extra_env={"RUSTMALLOC_CHECK": "1"},
+        expect_rc=-signal.SIGABRT,
+    )
+    assert "rustmalloc: double free of block" in proc.stderr
+
+
+def test_mem_without_the_gil_is_reported():
+    # ctypes.CDLL releases the GIL around the call: PyMem_Malloc then runs without it.
+    proc = run_python(
+        """
+        import rustmalloc
+        rustmalloc.install(check="warn")
+        nogil = ctypes.CDLL(None)
+        m = nogil.PyMem_Malloc; m.restype = c_void_p; m.argtypes = [c_size_t]
+        f = nogil.PyMem_Free; f.argtypes = [c_void_p]; f.restype = None
+        p = m(100)
+        check(p is not None)
+        f(p)
+        print("served")
+        """
+    )
+    assert "rustmalloc: PyMem_Malloc called by a thread that does not hold the GIL" in proc.stderr
+    assert "served" in proc.stdout
