@@ -150,7 +150,8 @@ mod tests {
         assert!(register(base, SEGMENT_SIZE, PAGES));
         assert!(owns(base));
         assert!(owns(base.wrapping_add(SEGMENT_SIZE - 1)));
-        assert!(!owns(base.wrapping_add(SEGMENT_SIZE)));
+        // (Not asserted: that the next segment is not ours. Other tests, running in parallel,
+        // map segments next to this one on purpose.)
         let mut seen = 0;
         for_each(|b, k| seen += (b == base && k == PAGES) as u32);
         assert_eq!(seen, 1);
