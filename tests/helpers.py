@@ -23,7 +23,9 @@ import pytest
 DEFAULT_TIMEOUT = 90  # seconds; a hang is a failure, never a skip
 
 # Sizes beyond the small range that every per-domain scenario covers.
-BIG_SIZES = [8 * 1024, 33 * 1024, 100 * 1024, 1 << 20, 3 << 20, 10 << 20]
+BIG_SIZES = [8 * 1024, 16 * 1024 - 1, 16 * 1024 + 1, 32 * 1024 - 1, 32 * 1024, 32 * 1024 + 1, 33 * 1024,
+             64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 100 * 1024, 1 << 20, 3 << 20,
+             (4 << 20) - 16, 4 << 20, (4 << 20) + 1, 10 << 20]   # 32 KiB, 64 KiB, 4 MiB: internal limits
 
 PRELUDE = r'''
 import ctypes, gc, json, os, random, sys, types

@@ -98,6 +98,10 @@ static mailbox boxes[MAXT];
 static int g_nthreads;
 static long g_iters;
 static pthread_barrier_t g_barrier;
+static atomic_int g_stop;
+
+/* Make a running rm_stress() finish early (each thread stops at its next iteration). */
+void rm_request_stop(void) { atomic_store(&g_stop, 1); }
 
 static void release(blk b, const char *where) {
     if (!check(b, b.n)) error(where, b.n);
@@ -137,7 +141,7 @@ static void *stress_worker(void *arg) {
     int nlive = 0;
     uint64_t nextid = ((uint64_t)t << 40) | 1;
     blk in[64];
-    for (long it = 0; it < g_iters; it++) {
+    for (long it = 0; it < g_iters && !atomic_load_explicit(&g_stop, memory_order_relaxed); it++) {
         uint64_t r = rnd(&s) % 100;
         if (r < 45 || nlive == 0) {
             if (nlive == LIVE) { release(live[--nlive], "corrupted before free"); }
@@ -199,6 +203,7 @@ static void *stress_worker(void *arg) {
 long rm_stress(int nthreads, long iters) {
     if (nthreads < 1 || nthreads > MAXT) return -1;
     atomic_store(&errors, 0);
+    atomic_store(&g_stop, 0);
     g_nthreads = nthreads;
     g_iters = iters;
     for (int i = 0; i < nthreads; i++) {

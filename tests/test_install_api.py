@@ -34,7 +34,7 @@ def test_stats_before_install_raises_runtimeerror():
 
 @pytest.mark.parametrize("arg, expected", [
     ('("raw", "mem", "obj")', ("raw", "mem", "obj")),
-    ("()", None),  # placeholder replaced below: install() with no argument
+    (None, ("raw", "mem", "obj")),  # install() with no argument
     ('("raw",)', ("raw",)),
     ('"raw"', ("raw",)),
     ('["raw"]', ("raw",)),
@@ -46,11 +46,9 @@ def test_stats_before_install_raises_runtimeerror():
     ('("mem", "raw", "obj", "raw")', ("raw", "mem", "obj")),
     ('frozenset({"mem", "obj", "raw"})', ("raw", "mem", "obj")),
     ('iter(["mem", "obj"])', ("mem", "obj")),
-], ids=lambda v: str(v))
+], ids=lambda v: "default" if v is None else str(v))
 def test_install_accepted_domain_sets(arg, expected):
-    call = "rustmalloc.install()" if expected is None else "rustmalloc.install(%s)" % arg
-    if expected is None:
-        expected = ("raw", "mem", "obj")
+    call = "rustmalloc.install()" if arg is None else "rustmalloc.install(%s)" % arg
     run_python("""
         import rustmalloc
         ret = %s
@@ -243,21 +241,27 @@ def test_stats_snapshot_json_roundtrip_and_immutable():
     json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_pythonmalloc_malloc_environment():
-    """With PYTHONMALLOC=malloc the current allocator is the known 'malloc' one: install() wraps it."""
+@pytest.mark.parametrize("pythonmalloc", ["malloc", "debug", "malloc_debug"])
+def test_pythonmalloc_environment(pythonmalloc):
+    """With PYTHONMALLOC=malloc or the debug hooks, the current allocator is a known one: install() wraps
+    it, and blocks from before install() go back to it (the debug hooks would abort on a mismatch)."""
     run_python("""
         import rustmalloc
         from rustmalloc._rustmalloc import owns
         before = [DOMAINS[d].malloc(200) for d in ("raw", "mem", "obj")]
         data = [str(i) for i in range(50000)]
+        grow = [[i] for i in range(5000)]
         rustmalloc.install()
+        for l in grow:
+            l.extend(range(100))        # reallocs of pre-install blocks
+        del grow
         check(rustmalloc.installed() == ("raw", "mem", "obj"))
         for d, p in zip(("raw", "mem", "obj"), before):
             check(not owns(p))
             DOMAINS[d].free(p)
         del data
         check(python_churn() > 0)
-    """, extra_env={"PYTHONMALLOC": "malloc"}, expect_empty_stderr=True)
+    """, extra_env={"PYTHONMALLOC": pythonmalloc}, expect_empty_stderr=True)
 
 
 @pytest.mark.skipif(not HAVE_TESTCAPI, reason="_testcapi is not available in this CPython build")

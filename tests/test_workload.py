@@ -26,7 +26,7 @@ back = json.loads(s)
 out(back == data)
 
 # pickle
-for proto in (2, 4, 5):
+for proto in (2, 5):
     p = pickle.dumps(data, protocol=proto)
     out(len(p)); out(hashlib.sha256(p).hexdigest()); out(pickle.loads(p) == data)
 
@@ -37,7 +37,7 @@ out(hashlib.sha256(re.sub(r"\d+", lambda m: str(int(m.group()) * 3), text).encod
 out([m.span() for m in re.finditer(r"(c{3,})", text)][:50])
 
 # dict / list / str churn
-for r in range(30):
+for r in range(15):
     d = {}
     for i in range(5000):
         d["k%d_%d" % (r, i)] = [i] * (i % 17)
@@ -71,7 +71,7 @@ class Node:
         self.v = v
         self.other = None
         self.payload = [v] * 10
-for r in range(20):
+for r in range(10):
     nodes = [Node(i) for i in range(2000)]
     for i, n in enumerate(nodes):
         n.other = nodes[(i * 7 + 1) % len(nodes)]
