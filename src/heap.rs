@@ -22,8 +22,10 @@ use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
 use core::ptr::{self, null_mut};
 use core::sync::atomic::{AtomicPtr, Ordering::*};
 
-/// Empty segments a heap keeps mapped for reuse before unmapping further ones.
+/// Empty segments a heap keeps mapped (decommitted) after an automatic purge pass.
 pub const EMPTY_SEGMENTS_KEPT: u32 = 4;
+/// Slow paths between two looks at the clock for the automatic purge.
+const PURGE_CHECK_EVERY: u32 = 64;
 
 #[derive(Clone, Copy)]
 pub struct PageQueue {
@@ -42,10 +44,11 @@ pub struct Heap {
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     pub remote: AtomicPtr<u8>,
     pub counters: Counters,
-    /// When the next automatic purge pass may run (`purge::now_ms` clock), and the last
-    /// `trim()` request this heap has honoured.
+    /// When the next automatic purge pass may run (`purge::now_ms` clock), the last `trim()`
+    /// request this heap has honoured, and slow paths left before the next look at the clock.
     pub next_purge_ms: u64,
     pub trim_epoch_seen: u64,
+    pub purge_countdown: u32,
 }
 
 impl Heap {
@@ -58,6 +61,7 @@ impl Heap {
             counters: Counters::new(),
             next_purge_ms: 0,
             trim_epoch_seen: 0,
+            purge_countdown: 0,
         }
     }
 }
@@ -421,8 +425,10 @@ unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
     })
 }
 
-/// Give a page (or a large span) back to its segment; unmap the segment if it is empty and the
-/// heap already keeps enough empty ones.
+/// Give a page (or a large span) back to its segment. An empty segment stays mapped: purge
+/// passes decommit and unmap empty segments after the purge delay, so a program that frees and
+/// reallocates a large structure in rounds does not map, fault in and unmap it every round
+/// (mmap and munmap also serialise every thread of the process on the kernel's mmap lock).
 unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
     let seg = segment_of(page as *const u8);
     let empty = segment::return_pages(page);
@@ -430,12 +436,7 @@ unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
         segment_list_push(h, seg);
     }
     if empty {
-        if (*h).empty_segments >= EMPTY_SEGMENTS_KEPT {
-            segment_list_remove(h, seg);
-            segment::release_segment(seg);
-        } else {
-            (*h).empty_segments += 1;
-        }
+        (*h).empty_segments += 1;
     }
 }
 
@@ -599,6 +600,11 @@ unsafe fn maybe_purge(h: *mut Heap) {
         purge(h, Mode::Trim);
         return;
     }
+    if (*h).purge_countdown > 0 {
+        (*h).purge_countdown -= 1;
+        return;
+    }
+    (*h).purge_countdown = PURGE_CHECK_EVERY;
     if !purge::ENABLED.load(Relaxed) {
         return;
     }
@@ -636,12 +642,19 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             page = (*page).next;
         }
     }
-    // Empty pages, beyond what an automatic pass retains; empty segments, on a trim.
+    // Empty pages, beyond what an automatic pass retains; empty segments beyond a few (all, on a
+    // trim) are unmapped.
     let mut keep = if mode == Mode::Auto { purge::RETAIN_BYTES.load(Relaxed) as usize } else { 0 };
+    let mut empty_kept = if mode == Mode::Auto { EMPTY_SEGMENTS_KEPT } else { 0 };
     let mut seg = (*h).segments;
     while !seg.is_null() {
         let next = (*seg).next;
-        if mode == Mode::Trim && (*seg).used_pages == 0 {
+        let unmap = (*seg).used_pages == 0 && {
+            let over = empty_kept == 0;
+            empty_kept = empty_kept.saturating_sub(1);
+            over
+        };
+        if unmap {
             segment_list_remove(h, seg);
             (*h).empty_segments -= 1;
             // What leaves RAM: the dirty pages and the metadata page.

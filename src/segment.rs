@@ -508,8 +508,22 @@ pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize) -> usi
     bytes
 }
 
-/// Carve more untouched blocks of a small page into its free list: about one OS page's worth at
-/// a time, so a page's memory is touched only as it is used. Returns how many (0: all carved).
+/// Bytes of a page carved into its free list at a time.
+const CARVE_BYTES: usize = 16 * 1024;
+/// Blocks carved at a time, per class (no division on the slow path).
+static CARVE_BLOCKS: [u16; crate::size_class::NUM_CLASSES] = {
+    let mut t = [0u16; crate::size_class::NUM_CLASSES];
+    let mut c = 0;
+    while c < t.len() {
+        let n = CARVE_BYTES / crate::size_class::BLOCK_SIZES[c] as usize;
+        t[c] = if n == 0 { 1 } else { n as u16 };
+        c += 1;
+    }
+    t
+};
+
+/// Carve more untouched blocks of a small page into its free list: `CARVE_BYTES` worth at a
+/// time, so a page's memory is touched only as it is used. Returns how many (0: all carved).
 ///
 /// # Safety
 /// `page` is a small page with an empty free list, owned by the caller.
@@ -519,7 +533,7 @@ pub unsafe fn extend_free_list(page: *mut Page) -> u32 {
         return 0;
     }
     let bs = (*page).block_size as usize;
-    let batch = (os::page_size() / bs).max(1).min((res - cap) as usize);
+    let batch = (CARVE_BLOCKS[(*page).class as usize] as usize).min((res - cap) as usize);
     let first = (*page).start.add(cap as usize * bs);
     let mut b = first;
     for _ in 1..batch {
