@@ -167,8 +167,8 @@ WORKLOADS: Dict[str, Callable[[int], Any]] = {
 }
 
 #: ``n`` for the timed benches, for the memory measurements, and for --quick.
-SCALE_TIMED = 100_000
-SCALE_MEMORY = 1_000_000
+SCALE_TIMED = 50_000
+SCALE_MEMORY = 500_000
 SCALE_QUICK = 1_000
 
 
