@@ -1,0 +1,89 @@
+"""The allocator configurations the suite compares, each run in a fresh interpreter.
+
+A configuration is an environment for the worker process (``PYTHONMALLOC``, ``LD_PRELOAD``)
+plus, for rustmalloc, how the worker installs it as its first statement
+(``RMBENCH_INSTALL``, read by ``worker.py``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    description: str
+    env: Dict[str, str] = field(default_factory=dict)
+    #: None, "install" (rustmalloc.install()) or "forward" (rustmalloc._install_forward_only())
+    install: Optional[str] = None
+    #: A peer: the allocators rustmalloc's goals are measured against.
+    peer: bool = True
+    #: The library LD_PRELOADed, if any (also what the worker checks is really mapped).
+    preload: Optional[str] = None
+
+
+# (configuration name, Debian package, file name patterns in the multiarch library directory)
+PRELOADED = [
+    ("jemalloc", "libjemalloc2", ["libjemalloc.so.2"]),
+    ("tcmalloc", "libtcmalloc-minimal4", ["libtcmalloc_minimal.so.4"]),
+    ("mimalloc", "libmimalloc2.0", ["libmimalloc.so.2", "libmimalloc.so.2.*"]),
+]
+
+LIB_DIRS = ["/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"]
+
+
+def find_library(patterns: List[str]) -> Optional[str]:
+    for d in LIB_DIRS:
+        for pat in patterns:
+            hits = sorted(glob.glob(os.path.join(d, pat)))
+            if hits:
+                return hits[0]
+    return None
+
+
+def all_configs() -> Tuple[List[Config], List[str]]:
+    """Every configuration available on this machine, and notes on those skipped."""
+    configs = [
+        Config("pymalloc", "CPython's default allocator (pymalloc over libc malloc)"),
+        Config("glibc", "PYTHONMALLOC=malloc: libc (glibc) malloc for every domain", {"PYTHONMALLOC": "malloc"}),
+    ]
+    notes = []
+    for name, package, patterns in PRELOADED:
+        path = find_library(patterns)
+        if path is None:
+            notes.append(f"{name} skipped: {package} is not installed (apt-get install {package})")
+            continue
+        configs.append(
+            Config(
+                name,
+                f"PYTHONMALLOC=malloc LD_PRELOAD={path}",
+                {"PYTHONMALLOC": "malloc", "LD_PRELOAD": path},
+                preload=path,
+            )
+        )
+    configs.append(
+        Config("rustmalloc", "rustmalloc.install() as the worker's first statement (all three domains)", install="install", peer=False)
+    )
+    configs.append(
+        Config(
+            "rustmalloc-fwd",
+            "rustmalloc._install_forward_only(): hooks that forward every call to pymalloc (the floor cost of a hook)",
+            install="forward",
+            peer=False,
+        )
+    )
+    return configs, notes
+
+
+def worker_env(config: Config, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for var in ("PYTHONMALLOC", "LD_PRELOAD", "RMBENCH_INSTALL", "RUSTMALLOC", "PYTHONTRACEMALLOC"):
+        env.pop(var, None)
+    env.update(config.env)
+    if config.install:
+        env["RMBENCH_INSTALL"] = config.install
+    return env

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Run a set of pyperformance benchmarks under pymalloc, PYTHONMALLOC=malloc (glibc) and rustmalloc,
+# then compare them with `pyperf compare_to`. Slow (roughly 15-20 minutes per configuration and
+# round on 2 cores); not run in CI.
+#
+#   benches/pyperformance.sh [--rounds N] [--fast] [--benchmarks LIST] [--python PY] [--out DIR]
+#
+# Needs pyperformance in the Python that runs this script (pip install '.[bench]'), and
+# rustmalloc's startup hook (issue 4): `RUSTMALLOC=1` plus the .pth file the wheel ships, which
+# installs rustmalloc in every interpreter that inherits the variable. pyperformance runs the
+# benchmarks in a venv of its own, without system site-packages, whose workers see only PATH,
+# HOME, PYTHONPATH and the variables named by --inherit-environ; so this script installs the
+# project into that venv and passes RUSTMALLOC (or PYTHONMALLOC) through --inherit-environ.
+#
+# Rounds interleave the configurations (pymalloc, malloc, rustmalloc, pymalloc, ...); each
+# configuration's runs are appended to one pyperf file, so compare_to's significance test sees
+# every round. Output: <out>/{pymalloc,malloc,rustmalloc}.json and <out>/compare.md (the three side
+# by side with their geometric mean, then rustmalloc against pymalloc grouped by significance).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+tool_python=${TOOL_PYTHON:-python3}
+benchmarks=json_dumps,json_loads,pickle_pure_python,unpickle_pure_python,deltablue,richards,go,hexiom,chaos,raytrace,nbody,xml_etree,gc_traversal,async_tree,deepcopy
+rounds=1
+fast=()
+python=""
+out="$here/results/pyperformance"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) rounds=$2; shift 2 ;;
+        --fast) fast=(--fast); shift ;;
+        --benchmarks) benchmarks=$2; shift 2 ;;
+        --python) python=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if ! "$tool_python" -c "import pyperformance, pyperf" 2>/dev/null; then
+    echo "$tool_python has no pyperformance: pip install '.[bench]' (or set TOOL_PYTHON)" >&2
+    exit 2
+fi
+# The interpreter to benchmark: by default the base CPython of the tool's venv (pyperformance
+# builds its own venv from it).
+python=${python:-$("$tool_python" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')}
+out=$(mkdir -p "$out" && cd "$out" && pwd)
+work="$here/results/tmp/pyperformance"   # pyperformance's venv lives here (git-ignored)
+mkdir -p "$work"
+cd "$work"
+
+pyperformance() {
+    env -u RUSTMALLOC -u PYTHONMALLOC "$@"
+}
+
+echo "== pyperformance's venv for $python"
+pyperformance "$tool_python" -m pyperformance venv create -p "$python" -b "$benchmarks" >/dev/null || true
+venv=$(pyperformance "$tool_python" -m pyperformance venv show -p "$python" | sed -n 's/^Virtual environment path: \([^ ]*\).*/\1/p')
+if [ ! -x "$venv/bin/python" ]; then
+    echo "pyperformance's venv was not created ($venv)" >&2
+    exit 1
+fi
+
+echo "== installing rustmalloc (release build) into $venv"
+pyperformance "$venv/bin/python" -m pip install -q "$root"
+if ! RUSTMALLOC=1 "$venv/bin/python" -c 'import sys, rustmalloc; sys.exit(rustmalloc.installed() != ("raw", "mem", "obj"))'; then
+    echo "RUSTMALLOC=1 did not install rustmalloc at startup in $venv: this build lacks the startup hook (.pth) of issue 4" >&2
+    exit 1
+fi
+
+rm -f "$out"/pymalloc.json "$out"/malloc.json "$out"/rustmalloc.json
+for round in $(seq 1 "$rounds"); do
+    for config in pymalloc malloc rustmalloc; do
+        echo "== round $round/$rounds: $config"
+        case $config in
+            pymalloc) vars=() ; inherit=() ;;
+            malloc) vars=(PYTHONMALLOC=malloc) ; inherit=(--inherit-environ PYTHONMALLOC) ;;
+            rustmalloc) vars=(RUSTMALLOC=1) ; inherit=(--inherit-environ RUSTMALLOC) ;;
+        esac
+        pyperformance env "${vars[@]}" "$tool_python" -m pyperformance run -p "$python" -b "$benchmarks" \
+            "${inherit[@]}" "${fast[@]}" --append "$out/$config.json"
+    done
+done
+
+echo "== pyperf compare_to"
+{
+    echo "# pyperformance: pymalloc vs PYTHONMALLOC=malloc vs rustmalloc"
+    echo
+    "$tool_python" -m pyperf compare_to "$out/pymalloc.json" "$out/malloc.json" "$out/rustmalloc.json" --table --table-format md
+    echo
+    echo '```'
+    "$tool_python" -m pyperf compare_to "$out/pymalloc.json" "$out/rustmalloc.json" -G
+    echo '```'
+} | tee "$out/compare.md"

@@ -1,0 +1,509 @@
+"""Turn ``results.json`` into ``results.md`` (tables, issue 5's goals checked) and PNG charts."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
+
+#: Benchmarks whose instructions per call issue 5 sets a goal for.
+INSTR_GOAL_BENCHES = ("pairs_obj_mix", "batch_obj_mix", "batch_random_obj_mix", "churn_obj_mix", "realloc_mem_list")
+SUBJECT = "rustmalloc"
+FLOOR = "rustmalloc-fwd"
+MEMORY_GOAL_MIN_MB = 100
+
+
+class Stat:
+    """Median and range of one figure over rounds."""
+
+    def __init__(self, values: Sequence[float]):
+        self.values = sorted(values)
+        self.median = statistics.median(self.values)
+        self.lo, self.hi = self.values[0], self.values[-1]
+
+    @property
+    def spread(self) -> float:
+        """Half the range, as a fraction of the median."""
+        return (self.hi - self.lo) / 2 / self.median if self.median else 0.0
+
+    def fmt(self, digits: int = 1) -> str:
+        s = _num(self.median, digits)
+        return s + (f" ±{self.spread * 100:.0f}%" if len(self.values) > 1 else "")
+
+
+def _num(x: float, digits: int = 1) -> str:
+    if x >= 1000:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}f}"
+
+
+def geomean(xs: List[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+class Results:
+    def __init__(self, data: dict):
+        self.data = data
+        self.configs = [c["name"] for c in data["configs"]]
+        self.peers = [c["name"] for c in data["configs"] if c["peer"]]
+        self.benches = list(data["micro_benches"])
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def ns_per_op(self, config: str, bench: str) -> Optional[Stat]:
+        runs = self.data["micro"].get(config, {}).get(bench)
+        return Stat([r["ns"] / r["ops"] for r in runs]) if runs else None
+
+    def ops_per_us(self, config: str, bench: str) -> Optional[Stat]:
+        runs = self.data["micro"].get(config, {}).get(bench)
+        return Stat([r["ops"] / r["ns"] * 1000 for r in runs]) if runs else None
+
+    def instr_per_op(self, config: str, bench: str) -> Optional[float]:
+        e = self.data["callgrind"].get(config, {}).get(bench)
+        return e["ir"] / e["ops"] if e and e["ops"] else None
+
+    def workload(self, config: str, name: str) -> Optional[Stat]:
+        runs = self.data["workloads"].get(config, {}).get(name)
+        return Stat([r["median"] * 1000 for r in runs]) if runs else None
+
+    def memory(self, config: str, name: str, key: str) -> Optional[Stat]:
+        runs = self.data["memory"].get(config, {}).get(name)
+        return Stat([r[key] / 1024 for r in runs]) if runs else None
+
+    def micro_errors(self) -> List[str]:
+        out = []
+        for c, benches in self.data["micro"].items():
+            for b, runs in benches.items():
+                n = sum(r["errors"] for r in runs)
+                if n:
+                    out.append(f"{c} {b}: {n} damaged blocks or NULL returns")
+        for c, benches in self.data["callgrind"].items():
+            for b, e in benches.items():
+                if e["errors"]:
+                    out.append(f"{c} {b} (callgrind): {e['errors']} damaged blocks or NULL returns")
+        return out
+
+    # -- tables -------------------------------------------------------------------------------
+
+    def table(self, rows: List[str], cell, first: str, extra: Optional[Dict[str, str]] = None) -> List[str]:
+        cols = [c for c in self.configs]
+        head = f"| {first} | " + " | ".join(cols) + " |"
+        out = [head, "|---|" + "---:|" * len(cols)]
+        for r in rows:
+            label = r + (f" <br><sub>{extra[r]}</sub>" if extra and extra.get(r) else "")
+            out.append(f"| {label} | " + " | ".join(cell(c, r) for c in cols) + " |")
+        return out
+
+    def ratio_cell(self, get, better_low: bool = True):
+        """A cell "x pymalloc / x glibc" from a getter returning a number or Stat."""
+
+        def val(c, r):
+            v = get(c, r)
+            return v.median if isinstance(v, Stat) else v
+
+        def cell(c, r):
+            v = val(c, r)
+            if v is None:
+                return "–"
+            parts = []
+            for base in ("pymalloc", "glibc"):
+                b = val(base, r)
+                parts.append(f"{v / b:.2f}" if b else "–")
+            return " / ".join(parts)
+
+        return cell
+
+
+def _cell(get, digits=1):
+    def cell(c, r):
+        v = get(c, r)
+        if v is None:
+            return "–"
+        return v.fmt(digits) if isinstance(v, Stat) else _num(v, digits)
+
+    return cell
+
+
+# -- goals ------------------------------------------------------------------------------------
+
+
+def goals(R: Results) -> List[Tuple[str, str, str, str]]:
+    """(goal, target, measured, verdict) rows for issue 5's speed and memory goals."""
+    rows = []
+    if SUBJECT not in R.configs:
+        return rows
+    # Instructions per op.
+    for b in INSTR_GOAL_BENCHES:
+        me, py, mi = (R.instr_per_op(c, b) for c in (SUBJECT, "pymalloc", "mimalloc"))
+        if me is None or py is None:
+            continue
+        target = 0.8 * py if mi is None else min(0.8 * py, mi)
+        rows.append(
+            (
+                f"instr/op {b}",
+                f"≤ 0.8× pymalloc ({0.8 * py:.1f})" + (f" and ≤ mimalloc ({mi:.1f})" if mi is not None else ""),
+                f"{me:.1f} ({me / py:.2f}× pymalloc" + (f", {me / mi:.2f}× mimalloc)" if mi else ")"),
+                _verdict(me, target),
+            )
+        )
+    # Wall clock: at most the fastest peer, every pattern.
+    for b in R.benches:
+        me = R.ns_per_op(SUBJECT, b)
+        peers = [(R.ns_per_op(c, b), c) for c in R.peers]
+        peers = [(s.median, c) for s, c in peers if s]
+        if me is None or not peers:
+            continue
+        best, who = min(peers)
+        rows.append((f"ns/op {b}", f"≤ fastest peer ({who} {_num(best)})", f"{me.fmt()}", _verdict(me.median, best)))
+    # RAW scaling.
+    t1, t2 = R.ops_per_us(SUBJECT, "batch_raw_mix_t1"), R.ops_per_us(SUBJECT, "batch_raw_mix_t2")
+    if t1 and t2:
+        rows.append(
+            (
+                "RAW 2 threads vs 1 (batch_raw_mix)",
+                "≥ 1.7× the 1-thread throughput",
+                f"{t2.median / t1.median:.2f}× ({_num(t2.median)} vs {_num(t1.median)} ops/µs)",
+                _verdict(1.7, t2.median / t1.median),
+            )
+        )
+        peers = [(R.ops_per_us(c, "batch_raw_mix_t2"), c) for c in R.peers]
+        peers = [(s.median, c) for s, c in peers if s]
+        if peers:
+            best, who = max(peers)
+            rows.append(
+                (
+                    "RAW 2-thread throughput (batch_raw_mix_t2)",
+                    f"> every peer's (best: {who} {_num(best)} ops/µs)",
+                    f"{_num(t2.median)} ops/µs",
+                    _verdict(best, t2.median, strict=True),
+                )
+            )
+    # Workloads.
+    names = [n for n in _workload_names(R) if R.workload(SUBJECT, n) and R.workload("pymalloc", n)]
+    for base, target in (("pymalloc", 0.98), ("glibc", 0.92)):
+        ratios = [R.workload(SUBJECT, n).median / R.workload(base, n).median for n in names if R.workload(base, n)]
+        if ratios:
+            g = geomean(ratios)
+            rows.append((f"workloads geomean vs {base}", f"≤ {target}×", f"{g:.3f}×", _verdict(g, target)))
+    slower = [n for n in names if R.workload(SUBJECT, n).lo > R.workload("pymalloc", n).hi]
+    if names:
+        rows.append(
+            (
+                "no workload significantly slower than pymalloc",
+                "none (significant: every round slower than pymalloc's slowest)",
+                ", ".join(slower) or "none",
+                "met" if not slower else "MISSED",
+            )
+        )
+    # Memory.
+    for n in _memory_names(R):
+        py, me = R.memory("pymalloc", n, "peak_kib"), R.memory(SUBJECT, n, "peak_kib")
+        if py and me and py.median > MEMORY_GOAL_MIN_MB:
+            rows.append(
+                (
+                    f"peak RSS {n}",
+                    f"≤ 1.05× pymalloc ({_num(py.median)} MB)",
+                    f"{_num(me.median)} MB ({me.median / py.median:.2f}×)",
+                    _verdict(me.median, 1.05 * py.median),
+                )
+            )
+    return rows
+
+
+def _verdict(value: float, limit: float, strict: bool = False) -> str:
+    ok = value < limit if strict else value <= limit
+    if ok:
+        return "met"
+    return f"MISSED by {value / limit - 1:.0%}" if not strict else "MISSED"
+
+
+def _workload_names(R: Results) -> List[str]:
+    names: List[str] = []
+    for c in R.configs:
+        for n in R.data["workloads"].get(c, {}):
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def _memory_names(R: Results) -> List[str]:
+    names: List[str] = []
+    for c in R.configs:
+        for n in R.data["memory"].get(c, {}):
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def _state_check(config: str, st: dict) -> str:
+    """Whether the worker really ran on the configuration's allocator."""
+    want = {"pymalloc": "pymalloc", "glibc": "malloc"}.get(config, "malloc")
+    if config in (SUBJECT, FLOOR):
+        ok = st["rustmalloc_installed"] == ["raw", "mem", "obj"] and st["cpython_allocator"] is None
+        return ("ok: " if ok else "WRONG: ") + f"rustmalloc serves {'/'.join(st['rustmalloc_installed'])}"
+    ok = st["cpython_allocator"] == want and not st["rustmalloc_installed"]
+    libs = [lib for lib in st["malloc_libraries"] if lib.startswith(("libjemalloc", "libtcmalloc", "libmimalloc"))]
+    if config not in ("pymalloc", "glibc"):
+        ok = ok and any(config in lib for lib in libs)
+    return ("ok: " if ok else "WRONG: ") + f"{st['cpython_allocator']}" + (f", {', '.join(libs)} mapped" if libs else "")
+
+
+# -- the Markdown -----------------------------------------------------------------------------
+
+
+def markdown(data: dict, charts: List[str]) -> str:
+    R = Results(data)
+    L: List[str] = []
+    w = L.append
+    mode = "quick (tiny sizes: smoke test only, figures meaningless)" if data["quick"] else "full"
+    w("# rustmalloc benchmark results")
+    w("")
+    w(
+        f"Produced by `python benches/run.py` ({mode}); {data['rounds']} interleaved round(s) of every configuration, "
+        f"each in fresh interpreters; run time {data.get('elapsed_s', '?')} s. Figures are medians over rounds; "
+        "`±` is half the range over rounds, as a percentage of the median. `ops` are allocator calls: each malloc, "
+        "realloc and free is one, and the loop's own work (tagging and checking each block, reading the size "
+        "tables) is included, identically for every configuration."
+    )
+    w("")
+    w("## Machine")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for k, v in data["machine"].items():
+        w(f"| {k} | {v} |")
+    w("")
+    w("## Configurations")
+    w("")
+    w("| configuration | what | checked in the worker |")
+    w("|---|---|---|")
+    for c in data["configs"]:
+        st = data["states"].get(c["name"])
+        w(f"| {c['name']} | {c['description']} | {_state_check(c['name'], st) if st else '–'} |")
+    w("")
+    w("Peers (for the goals) are pymalloc, glibc, jemalloc, tcmalloc and mimalloc; rustmalloc-fwd is the cost floor of "
+      "being a hook at all (every call forwarded to pymalloc).")
+    w("")
+    if data["notes"]:
+        w("Notes:")
+        w("")
+        for n in data["notes"]:
+            w(f"- {n}")
+        w("")
+    errors = R.micro_errors()
+    if data["failures"] or errors:
+        w("## Failures and wrong data")
+        w("")
+        for f in data["failures"]:
+            w(f"- **{f['config']}** `{f['command']}` exited with {f['exit']}:")
+            w("")
+            w("  ```")
+            for line in f["stderr"].strip().splitlines()[-15:]:
+                w("  " + line)
+            w("  ```")
+        for e in errors:
+            w(f"- **wrong data**: {e}")
+        w("")
+
+    rows = goals(R)
+    if rows:
+        met = sum(1 for r in rows if r[3] == "met")
+        w("## Issue 5's goals")
+        w("")
+        w(f"{met} of {len(rows)} met. The wall-clock goals are judged on medians of the interleaved rounds, the "
+          "instruction goals on callgrind counts (stable to a few instructions).")
+        w("")
+        w("| goal | target | rustmalloc | verdict |")
+        w("|---|---|---|---|")
+        for g in rows:
+            w("| " + " | ".join(g) + " |")
+        w("")
+
+    about = {b: v["about"] for b, v in data["micro_benches"].items()}
+    if data["micro"]:
+        w("## Level 1: allocator microbenchmarks, ns per call")
+        w("")
+        w("Native loops in `rustmalloc._rustmalloc._bench` calling `PyObject_*`, `PyMem_*` and `PyMem_Raw*`. "
+          "RAW runs release the GIL; for several threads, ns/op is the wall time over all threads' calls.")
+        w("")
+        L += R.table(R.benches, _cell(R.ns_per_op), "benchmark", about)
+        w("")
+        w("Ratios of the medians: × pymalloc / × glibc (below 1 is faster).")
+        w("")
+        L += R.table(R.benches, R.ratio_cell(R.ns_per_op), "benchmark")
+        w("")
+        raw = [b for b in R.benches if data["micro_benches"][b]["threads"] > 1 or b.startswith("batch_raw")]
+        if raw:
+            w("RAW throughput, million calls per second (ops/µs), all threads together:")
+            w("")
+            L += R.table(raw, _cell(R.ops_per_us), "benchmark")
+            w("")
+    if data["callgrind"]:
+        cg_benches = [b for b in R.benches if any(b in v for v in data["callgrind"].values())]
+        w("## Level 1 under callgrind: instructions per call")
+        w("")
+        w("The same loops at small op counts under `valgrind --tool=callgrind`, counting only the measured region "
+          "(`--toggle-collect=rmbench_measure`), allocator and CPython's public wrappers included. LD_PRELOADed "
+          "allocators run fine under callgrind (it does not replace malloc, unlike memcheck).")
+        w("")
+        L += R.table(cg_benches, _cell(R.instr_per_op), "benchmark")
+        w("")
+        w("Ratios: × pymalloc / × glibc.")
+        w("")
+        L += R.table(cg_benches, R.ratio_cell(R.instr_per_op), "benchmark")
+        w("")
+        L += _profile_section(data)
+    if data["workloads"]:
+        names = _workload_names(R)
+        w("## Level 2: Python workloads, ms per repetition")
+        w("")
+        w(f"pytest-benchmark (`benches/test_workloads.py`), {data['workload_rounds']} repetitions per process; the median of "
+          "each process, then the median over the interleaved processes. A repetition builds the data and drops it.")
+        w("")
+        L += R.table(names, _cell(R.workload), "workload")
+        w("")
+        w("Ratios: × pymalloc / × glibc, and the geometric mean.")
+        w("")
+        L += R.table(names, R.ratio_cell(R.workload), "workload")
+        gm = []
+        for c in R.configs:
+            parts = []
+            for base in ("pymalloc", "glibc"):
+                rs = [R.workload(c, n).median / R.workload(base, n).median for n in names if R.workload(c, n) and R.workload(base, n)]
+                parts.append(f"{geomean(rs):.3f}" if rs else "–")
+            gm.append(" / ".join(parts))
+        w("| **geometric mean** | " + " | ".join(gm) + " |")
+        w("")
+    if data["memory"]:
+        names = _memory_names(R)
+        w("## Level 3: memory")
+        w("")
+        w("Each workload at a larger size in a fresh process: peak RSS (VmHWM) while its data is alive, then RSS "
+          "(VmRSS) after the data is dropped and `gc.collect()` ran. MB; `base` is the process before the workload.")
+        w("")
+        w("Peak RSS, MB:")
+        w("")
+        L += R.table(names, _cell(lambda c, n: R.memory(c, n, "peak_kib"), 0), "workload")
+        w("")
+        w("RSS after dropping the data, MB:")
+        w("")
+        L += R.table(names, _cell(lambda c, n: R.memory(c, n, "after_kib"), 0), "workload")
+        w("")
+        w("Peak RSS ratios: × pymalloc / × glibc.")
+        w("")
+        L += R.table(names, R.ratio_cell(lambda c, n: R.memory(c, n, "peak_kib")), "workload")
+        w("")
+    if charts:
+        w("## Charts")
+        w("")
+        for ch in charts:
+            w(f"![{ch}]({ch})")
+            w("")
+    return "\n".join(L) + "\n"
+
+
+def _profile_section(data: dict) -> List[str]:
+    prof = data["callgrind"].get(SUBJECT, {})
+    benches = [b for b, e in prof.items() if e.get("hot")]
+    if not benches:
+        return []
+    L = ["### Where rustmalloc's instructions go", ""]
+    L.append(
+        "From the same callgrind runs (`--separate-callers=8`, so calls are counted in the measured region only). "
+        "Per function: calls, inclusive and self instructions per call, and the self cost per call split by the source "
+        "file it was inlined from (LTO inlines `heap.rs`, `segment_map.rs`, ... into the hooks of `python.rs`). "
+        "Functions below 1% of the total are left out. The raw files (`--dump-instr=yes`) are in `tmp/` for "
+        "`callgrind_annotate --auto=yes`."
+    )
+    L.append("")
+    for b in benches:
+        e = prof[b]
+        L.append(f"**{b}**: {e['ir'] / e['ops']:.1f} instructions per allocator call in all.")
+        L.append("")
+        L.append("| function | calls | incl/call | self/call | self/op | self by source file (per call, or per op if called less than once per 2 ops) |")
+        L.append("|---|---:|---:|---:|---:|---|")
+        for r in e["hot"]:
+            frequent = r["calls"] * 2 >= e["ops"] // 2
+            scale = e["ops"] / r["calls"] if frequent else 1.0
+            files = ", ".join(f"{k} {v * scale:.1f}" for k, v in list(r["by_file"].items())[:6])
+            incl = f"{r['inclusive_per_call']:.1f}" if frequent else "–"
+            self_ = f"{r['self_per_call']:.1f}" if frequent else "–"
+            name = r["function"].replace("rustmalloc::", "")
+            L.append(f"| `{name}` | {r['calls']:,} | {incl} | {self_} | {r['self_per_op']:.1f} | {files} |")
+        L.append("")
+    return L
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def _bar_chart(path: str, title: str, rows: List[str], configs: List[str], value, xlabel: str, log: bool = True) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if any(value(c, r) for c in configs)]
+    if not rows:
+        return False
+    n = len(configs)
+    height = 0.8 / n
+    fig, ax = plt.subplots(figsize=(10, 0.35 * n * len(rows) + 1.5))
+    colors = plt.get_cmap("tab10")
+    for i, c in enumerate(configs):
+        ys = [j + i * height for j in range(len(rows))]
+        xs = [value(c, r) or 0 for r in rows]
+        ax.barh(ys, xs, height=height, label=c, color=colors(i))
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(rows))])
+    ax.set_yticklabels(rows)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8) if "ratio" in xlabel else None
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def make_charts(data: dict, out: str) -> List[str]:
+    R = Results(data)
+    made = []
+
+    def ratio(get):
+        def f(c, r):
+            v, b = get(c, r), get("pymalloc", r)
+            v = v.median if isinstance(v, Stat) else v
+            b = b.median if isinstance(b, Stat) else b
+            return v / b if v and b else None
+
+        return f
+
+    specs = [
+        ("micro_ns.png", "Level 1: ns per allocator call, ratio to pymalloc (median)", R.benches, ratio(R.ns_per_op), "ratio to pymalloc (lower is faster)"),
+        ("micro_instr.png", "Level 1: instructions per call (callgrind), ratio to pymalloc", R.benches, ratio(R.instr_per_op), "ratio to pymalloc (lower is fewer)"),
+        ("workloads.png", "Level 2: Python workloads, ratio to pymalloc (median)", _workload_names(R), ratio(R.workload), "ratio to pymalloc (lower is faster)"),
+        ("memory.png", "Level 3: peak RSS, MB", _memory_names(R), lambda c, n: (R.memory(c, n, "peak_kib") or Stat([0])).median or None, "MB"),
+    ]
+    for name, title, rows, value, xlabel in specs:
+        if _bar_chart(os.path.join(out, name), title, rows, R.configs, value, xlabel, log=name != "memory.png"):
+            made.append(name)
+    return made
+
+
+def write(data: dict, out: str, charts: bool = True) -> None:
+    """Write ``results.md`` and (unless ``charts`` is false) the PNG charts into ``out``."""
+    made: List[str] = []
+    if charts:
+        try:
+            made = make_charts(data, out)
+        except ImportError:
+            data.setdefault("notes", []).append("charts skipped: matplotlib is not installed (pip install '.[bench]')")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(data, made))

@@ -1,0 +1,149 @@
+"""One benchmark process under one allocator configuration (started by ``run.py``).
+
+Installs rustmalloc as its very first statement when ``RMBENCH_INSTALL`` asks for it, so the
+rest of the process runs on it; ``PYTHONMALLOC`` and ``LD_PRELOAD`` come from the environment.
+
+    worker.py probe OUT.json
+    worker.py micro OUT.json [--quick | --callgrind] [--only NAME ...]
+    worker.py workloads OUT.json [--scale N] [--rounds N]
+    worker.py memory OUT.json --workload NAME [--scale N]
+"""
+
+import os
+
+_INSTALL = os.environ.get("RMBENCH_INSTALL")
+if _INSTALL:
+    import rustmalloc
+
+    if _INSTALL == "install":
+        rustmalloc.install()
+    elif _INSTALL == "forward":
+        rustmalloc._install_forward_only()
+    else:
+        raise SystemExit(f"RMBENCH_INSTALL={_INSTALL!r}: expected 'install' or 'forward'")
+
+import argparse  # noqa: E402  (after the install, on purpose)
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def allocator_state() -> dict:
+    """What is really serving this process: CPython's name for its allocator (None when a hook
+    such as rustmalloc is in), rustmalloc's domains, and which malloc libraries are mapped."""
+    import rustmalloc
+
+    name = None
+    try:
+        f = ctypes.pythonapi._PyMem_GetCurrentAllocatorName
+        f.restype = ctypes.c_char_p
+        raw = f()
+        name = raw.decode() if raw else None
+    except AttributeError:
+        name = "unknown"
+    with open("/proc/self/maps") as maps:
+        libs = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in maps if "malloc" in line and "/" in line})
+    from rustmalloc._rustmalloc import _bench
+
+    return {
+        "cpython_allocator": name,
+        "rustmalloc_installed": list(rustmalloc.installed()),
+        "malloc_libraries": libs,
+        "bench_debug_build": bool(_bench.DEBUG_BUILD),
+    }
+
+
+def proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cmd_micro(args) -> dict:
+    sys.path.insert(0, HERE)
+    import micro
+    from rustmalloc._rustmalloc import _bench
+
+    results = []
+    for b in micro.benches(args.quick, args.callgrind):
+        if args.only and b.name not in args.only:
+            continue
+        ns, ops, errors = _bench.run(b.pattern, b.domain, b.sizes, b.ops, **b.kwargs)
+        results.append({"name": b.name, "ns": ns, "ops": ops, "errors": errors})
+    return {"micro": results}
+
+
+def cmd_workloads(args) -> dict:
+    import pytest
+
+    env_scale = str(args.scale)
+    os.environ["RMBENCH_SCALE"] = env_scale
+    os.environ["RMBENCH_ROUNDS"] = str(args.rounds)
+    bench_json = args.out + ".pytest-benchmark.json"
+    code = pytest.main(
+        [
+            os.path.join(HERE, "test_workloads.py"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-json",
+            bench_json,
+            "--benchmark-columns=median,iqr,rounds",
+        ]
+    )
+    if code != 0:
+        raise SystemExit(f"pytest failed with exit code {int(code)}")
+    with open(bench_json) as f:
+        data = json.load(f)
+    os.unlink(bench_json)
+    out = {}
+    for b in data["benchmarks"]:
+        out[b["params"]["name"]] = {"median": b["stats"]["median"], "iqr": b["stats"]["iqr"], "rounds": b["stats"]["rounds"]}
+    return {"workloads": out}
+
+
+def cmd_memory(args) -> dict:
+    sys.path.insert(0, HERE)
+    import workloads
+
+    gc.collect()
+    base = proc_status_kib("VmRSS")
+    data = workloads.WORKLOADS[args.workload](args.scale)
+    peak = proc_status_kib("VmHWM")
+    live = proc_status_kib("VmRSS")
+    del data
+    gc.collect()
+    after = proc_status_kib("VmRSS")
+    return {"memory": {"workload": args.workload, "base_kib": base, "peak_kib": peak, "live_kib": live, "after_kib": after}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("command", choices=["probe", "micro", "workloads", "memory"])
+    p.add_argument("out")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--callgrind", action="store_true")
+    p.add_argument("--only", nargs="*")
+    p.add_argument("--scale", type=int)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workload")
+    args = p.parse_args()
+    result = {"state": allocator_state()}
+    if args.command == "micro":
+        result.update(cmd_micro(args))
+    elif args.command == "workloads":
+        result.update(cmd_workloads(args))
+    elif args.command == "memory":
+        result.update(cmd_memory(args))
+    result["state_after"] = allocator_state()
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
