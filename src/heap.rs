@@ -7,7 +7,8 @@
 //! or push, a `used` count and one counter; everything else is `#[cold]`.
 //!
 //! Page queue invariant: a small page is in the queue of its (domain, class) iff `!full`; the
-//! first page of a queue is where allocation happens. A page whose last block is freed goes back
+//! first page of a queue is where allocation happens, and pages that were full and got a block
+//! back enter at the front (fullest first, as pymalloc's used pools). A page whose last block is freed goes back
 //! to its segment unless it is the only page of its queue (kept, so a malloc/free pair at an
 //! empty class does not map and unmap a page each time).
 
@@ -128,9 +129,6 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
     })
 }
 
-/// Pages of a queue looked at when choosing the next one to allocate from.
-const FULLEST_OF: usize = 8;
-
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
@@ -143,12 +141,14 @@ unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8
         if page.is_null() {
             break;
         }
-        if !(*page).free.is_null() || unpurge_page(page) || carve(h, page) {
+        if !(*page).free.is_null()
+            || ((*page).purged != 0 && unpurge_page(page))
+            || ((*page).capacity < (*page).reserved && carve(h, page))
+        {
             return pop(h, page, class, domain);
         }
         queue_remove(q, page);
         (*page).full = true;
-        move_fullest_to_front(q);
     }
     let page = take_pages(h, 1);
     if page.is_null() {
@@ -182,30 +182,6 @@ unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mu
     c.allocs[domain][class].add(1);
     c.note_available(available);
     block
-}
-
-/// Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain (and
-/// can be purged or given back whole): of the first few pages of the queue, the one with the
-/// most live blocks goes first.
-unsafe fn move_fullest_to_front(q: *mut PageQueue) {
-    let first = (*q).first;
-    if first.is_null() {
-        return;
-    }
-    let (mut best, mut page) = (first, (*first).next);
-    for _ in 1..FULLEST_OF {
-        if page.is_null() {
-            break;
-        }
-        if (*page).used > (*best).used {
-            best = page;
-        }
-        page = (*page).next;
-    }
-    if best != first {
-        queue_remove(q, best);
-        queue_push_front(q, best);
-    }
 }
 
 #[cold]
@@ -314,11 +290,10 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
     let page = page_of(p);
     // A huge segment's owner is null, so `page` (inside the huge block) is never read for it.
     if (*seg).owner == h && (*page).kind == PageKind::Small {
-        let (domain, class) = ((*page).domain as usize, (*page).class as usize);
         if STATS {
-            // SAFETY: a small page's domain and class are set by `init_small_page` from a valid
-            // domain and a `SizeClass`, so both indices are in bounds.
-            (*h).counters.frees.get_unchecked(domain).get_unchecked(class).add(1);
+            // SAFETY: `counter` is set by `init_small_page` from a valid domain and class, so it
+            // indexes the flattened `frees` array in bounds.
+            (*h).counters.free_counter((*page).counter as usize).add(1);
         }
         *(p as *mut *mut u8) = (*page).free;
         (*page).free = p;
@@ -412,8 +387,11 @@ unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
     crate::no_unwind((), || {
     let q = queue(h, (*page).domain as usize, (*page).class as usize);
     if (*page).full {
+        // Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain
+        // (to be purged, or given back whole): a full page that just got a block back is almost
+        // full, so it goes first; pages with many free blocks sink to the back of the queue.
         (*page).full = false;
-        queue_push_back(q, page);
+        queue_push_front(q, page);
     }
     if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
         queue_remove(q, page);
@@ -536,17 +514,6 @@ unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
         (*(*q).first).prev = page;
     }
     (*q).first = page;
-}
-
-unsafe fn queue_push_back(q: *mut PageQueue, page: *mut Page) {
-    (*page).next = null_mut();
-    (*page).prev = (*q).last;
-    if (*q).last.is_null() {
-        (*q).first = page;
-    } else {
-        (*(*q).last).next = page;
-    }
-    (*q).last = page;
 }
 
 unsafe fn queue_remove(q: *mut PageQueue, page: *mut Page) {
@@ -708,7 +675,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
                 b = *(b as *mut *mut u8);
             }
             assert_eq!(
-                (*page).used + n + (*page).purged_blocks,
+                (*page).used + n + (*page).purged_blocks as u32,
                 (*page).capacity,
                 "used + free + purged != capacity"
             );

@@ -118,8 +118,12 @@ pub struct Page {
     pub purged: u16,
     /// Free blocks when the page was last purged (to rescan only once enough are freed).
     pub free_at_purge: u16,
-    /// Blocks cut out of the free list by purging: `used + |free| + purged_blocks == capacity`.
-    pub purged_blocks: u32,
+    /// Blocks cut out of the free list by purging: `used + |free| + purged_blocks == capacity`
+    /// (at most 4,096 blocks fit a page).
+    pub purged_blocks: u16,
+    /// `domain * (NUM_CLASSES + 1) + class`: the page's slot in a heap's per-class counters,
+    /// so the free fast path counts with one load.
+    pub counter: u16,
 }
 
 #[inline(always)]
@@ -215,6 +219,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
                 purged: 0,
                 free_at_purge: 0,
                 purged_blocks: 0,
+                counter: 0,
             });
         }
     }
@@ -349,6 +354,7 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).purged = 0;
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;
+    (*page).counter = (domain as usize * (crate::size_class::NUM_CLASSES + 1) + class.index()) as u16;
 }
 
 /// Free blocks on the page's list now.
@@ -357,7 +363,7 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
 /// `page` is a small page owned by the caller.
 #[inline]
 pub unsafe fn free_blocks(page: *mut Page) -> u32 {
-    (*page).capacity - (*page).used - (*page).purged_blocks
+    (*page).capacity - (*page).used - (*page).purged_blocks as u32
 }
 
 /// OS pages in a page.
@@ -425,7 +431,7 @@ pub unsafe fn purge_page(page: *mut Page) -> usize {
     }
     *tail = null_mut();
     (*page).free = kept;
-    (*page).purged_blocks += cut;
+    (*page).purged_blocks += cut as u16;
     (*page).purged = all_purged;
     (*page).free_at_purge = free_blocks(page) as u16;
     // Only now, with no link left in them, give the OS pages back (adjacent ones together).

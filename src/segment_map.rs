@@ -49,9 +49,12 @@ fn split(addr: usize) -> Option<(usize, usize)> {
 #[inline(always)]
 pub fn owns(p: *const u8) -> bool {
     let Some((r, l)) = split(p as usize) else { return false };
-    let leaf = ROOT[r].load(Acquire);
-    // SAFETY: a non-null root entry points to a leaf that is never unmapped.
-    !leaf.is_null() && unsafe { (*leaf)[l].load(Relaxed) } & BLOCK_BEARING != 0
+    // SAFETY: `split` returns `r < ROOT_LEN` (the address has at most ADDRESS_BITS bits) and
+    // `l < LEAF_LEN` (masked); a non-null root entry points to a leaf that is never unmapped.
+    unsafe {
+        let leaf = ROOT.get_unchecked(r).load(Acquire);
+        !leaf.is_null() && (*leaf).get_unchecked(l).load(Relaxed) & BLOCK_BEARING != 0
+    }
 }
 
 /// Record the mapping of `size` bytes at `base` (aligned to `SEGMENT_SIZE`, `size` a multiple

@@ -91,6 +91,15 @@ impl Counters {
         }
     }
 
+    /// The free counter at flat index `domain * (NUM_CLASSES + 1) + class`.
+    ///
+    /// # Safety
+    /// `index < DOMAINS * (NUM_CLASSES + 1)`.
+    #[inline(always)]
+    pub unsafe fn free_counter(&self, index: usize) -> &Counter {
+        &*(self.frees.as_ptr() as *const Counter).add(index)
+    }
+
     /// Bytes live in `domain` by this heap's counters (allocated minus freed; "negative", as a
     /// wrapped u64, when it freed more of others' blocks than it allocated).
     pub fn live(&self, domain: usize) -> u64 {
