@@ -276,8 +276,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         runner.run_memory(data)
     data["failures"] = runner.failures
     data["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    data["machine"]["load average at end"] = machine.load_average()
     with open(results_json, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        json.dump(data, f, indent=1)  # insertion order is the tables' order
     report.write(data, args.out, charts=not args.no_charts)
     runner.log(f"done in {data['elapsed_s']} s: {os.path.join(args.out, 'results.md')}")
     return 1 if runner.failures else 0
