@@ -365,6 +365,7 @@ def markdown(data: dict, charts: List[str]) -> str:
         w("")
         L += R.table(cg_benches, R.ratio_cell(R.instr_per_op), "benchmark")
         w("")
+        L += _entry_point_section(R, cg_benches)
         L += _profile_section(data)
     if data["workloads"]:
         names = _workload_names(R)
@@ -414,6 +415,36 @@ def markdown(data: dict, charts: List[str]) -> str:
             w(f"![{ch}]({ch})")
             w("")
     return "\n".join(L) + "\n"
+
+
+ENTRY_POINTS = {
+    "obj": ("PyObject_Malloc", "PyObject_Realloc", "PyObject_Free"),
+    "mem": ("PyMem_Malloc", "PyMem_Realloc", "PyMem_Free"),
+    "raw": ("PyMem_RawMalloc", "PyMem_RawRealloc", "PyMem_RawFree"),
+}
+
+
+def _entry_point_section(R: Results, benches: List[str]) -> List[str]:
+    """Instructions per call of the public function each benchmark calls, allocator included
+    (the loop's own work excluded): where the totals above differ."""
+    rows, cells = [], {}
+    for b in benches:
+        domain = R.data["micro_benches"][b].get("domain")
+        for fn in ENTRY_POINTS.get(domain, ()):
+            found = False
+            for c in R.configs:
+                e = R.data["callgrind"].get(c, {}).get(b, {}).get("entry_points", {}).get(fn)
+                if e:
+                    cells[(c, f"{b}: {fn}")] = e["per_call"]
+                    found = True
+            if found:
+                rows.append(f"{b}: {fn}")
+    if not rows:
+        return []
+    L = ["Instructions per call of the public function, allocator included, loop excluded:", ""]
+    L += R.table(rows, _cell(lambda c, r: cells.get((c, r))), "benchmark: function")
+    L.append("")
+    return L
 
 
 def _profile_section(data: dict) -> List[str]:

@@ -258,7 +258,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "machine": machine.describe(args.python),
         "configs": [{"name": c.name, "description": c.description, "peer": c.peer} for c in configs],
         "notes": notes,
-        "micro_benches": {b.name: {"about": b.about, "threads": b.threads, "ops": b.ops} for b in micro.benches(args.quick)},
+        "micro_benches": {
+            b.name: {"about": b.about, "threads": b.threads, "ops": b.ops, "domain": b.domain} for b in micro.benches(args.quick)
+        },
         "states": {},
         "micro": {},
         "callgrind": {},
