@@ -89,7 +89,7 @@ class Results:
     # -- tables -------------------------------------------------------------------------------
 
     def table(self, rows: List[str], cell, first: str, extra: Optional[Dict[str, str]] = None) -> List[str]:
-        cols = [c for c in self.configs]
+        cols = self.configs
         head = f"| {first} | " + " | ".join(cols) + " |"
         out = [head, "|---|" + "---:|" * len(cols)]
         for r in rows:
@@ -97,7 +97,7 @@ class Results:
             out.append(f"| {label} | " + " | ".join(cell(c, r) for c in cols) + " |")
         return out
 
-    def ratio_cell(self, get, better_low: bool = True):
+    def ratio_cell(self, get):
         """A cell "x pymalloc / x glibc" from a getter returning a number or Stat."""
 
         def val(c, r):
@@ -502,9 +502,9 @@ def _bar_chart(path: str, title: str, rows: List[str], configs: List[str], value
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(rows))])
     ax.set_yticklabels(rows)
     ax.invert_yaxis()
-    if log:
+    if log:  # the ratio charts: log scale, and a line at 1 (pymalloc)
         ax.set_xscale("log")
-    ax.axvline(1.0, color="black", linewidth=0.8) if "ratio" in xlabel else None
+        ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
