@@ -229,22 +229,20 @@ def _verdict(value: float, target: float, higher: bool = False, strict: bool = F
     return "met" if ok else f"MISSED by {short:.0%}"
 
 
-def _workload_names(R: Results) -> List[str]:
-    names: List[str] = []
+def _names(R: Results, level: str) -> List[str]:
+    """The workloads measured at ``level`` by any configuration, in order of appearance."""
+    names: Dict[str, None] = {}
     for c in R.configs:
-        for n in R.data["workloads"].get(c, {}):
-            if n not in names:
-                names.append(n)
-    return names
+        names.update(dict.fromkeys(R.data[level].get(c, {})))
+    return list(names)
+
+
+def _workload_names(R: Results) -> List[str]:
+    return _names(R, "workloads")
 
 
 def _memory_names(R: Results) -> List[str]:
-    names: List[str] = []
-    for c in R.configs:
-        for n in R.data["memory"].get(c, {}):
-            if n not in names:
-                names.append(n)
-    return names
+    return _names(R, "memory")
 
 
 def _state_check(config: str, st: dict) -> str:
