@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 _NAME = re.compile(r"^\((\d+)\)(?: (.*))?$")
+_SPEC = re.compile(r"^([a-z]+)=(.*)$")  # fn=(12) name, calls=3 0x1c600 86, ...
+_HEADER = re.compile(r"^([a-z]+):(.*)$")  # positions: instr line, summary: 123, ...
 
 
 @dataclass
@@ -94,8 +96,7 @@ def parse(path: str, within: Optional[str] = None) -> Profile:
             line = raw.rstrip("\n")
             if not line or line.startswith("#"):
                 continue
-            c = line[0]
-            if c.isdigit() or c in "+-*" or line.startswith("0x"):
+            if line[0].isdigit() or line[0] in "+-*":  # a cost line: positions, then events
                 parts = line.split()
                 costs = parts[npos:]
                 ir = int(costs[0]) if costs else 0
@@ -111,14 +112,15 @@ def parse(path: str, within: Optional[str] = None) -> Profile:
                     cur.self_ir += ir
                     cur.by_file[fi or fl] += ir
                 continue
-            key, _, value = line.partition("=")
-            if ":" in line and (not _ or ":" in key):
-                head, _, rest = line.partition(":")
-                if head == "positions":
-                    npos = len(rest.split())
-                elif head in ("totals", "summary"):
-                    total = int(rest.split()[0])
+            spec = _SPEC.match(line)
+            if spec is None:
+                header = _HEADER.match(line)
+                if header and header.group(1) == "positions":
+                    npos = len(header.group(2).split())
+                elif header and header.group(1) in ("totals", "summary"):
+                    total = int(header.group(2).split()[0])
                 continue
+            key, value = spec.groups()
             if key == "ob":
                 ob = name("ob", value)
             elif key == "fl":
@@ -130,7 +132,7 @@ def parse(path: str, within: Optional[str] = None) -> Profile:
                 cur = function(name("fn", value))
                 cur.object = cur.object or ob
                 fi = ""
-            elif key in ("cob",):
+            elif key == "cob":
                 name("ob", value)
             elif key in ("cfi", "cfl"):
                 name("fl", value)

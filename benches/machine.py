@@ -30,6 +30,14 @@ def _run(cmd) -> str:
         return ""
 
 
+def load_average() -> str:
+    """1, 5 and 15 minute load averages: how busy the (shared) machine was."""
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def describe(python: str) -> Dict[str, str]:
     cpus = os.cpu_count() or 0
     try:
@@ -45,6 +53,7 @@ def describe(python: str) -> Dict[str, str]:
         "os": _first("/etc/os-release", "PRETTY_NAME"),
         "python": _run([python, "-c", "import sys, platform; print(platform.python_implementation(), sys.version.split()[0])"]),
         "glibc": " ".join(platform.libc_ver()),
+        "load average at start": load_average(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     rev = _run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"])

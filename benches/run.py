@@ -24,6 +24,7 @@ and PNG charts in ``--out`` (default ``benches/results``; ``benches/results/tmp/
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -69,8 +70,8 @@ class Runner:
         try:
             proc = subprocess.run(cmd, env=cfgmod.worker_env(config), cwd=HERE, capture_output=True, text=True, timeout=TIMEOUT)
             code, stderr = proc.returncode, proc.stderr
-        except subprocess.TimeoutExpired as e:
-            code, stderr = "timeout", (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        except subprocess.TimeoutExpired:
+            code, stderr = f"timeout after {TIMEOUT} s", ""
         elapsed = time.perf_counter() - t0
         result = None
         if code == 0:
@@ -134,7 +135,7 @@ class Runner:
             if wanted and c.name not in wanted:
                 continue
             base = os.path.join(self.tmp, f"callgrind.{c.name}")
-            for old in _glob(base + ".*"):
+            for old in glob.glob(base + ".*"):
                 os.unlink(old)
             prefix = [
                 valgrind,
@@ -151,7 +152,7 @@ class Runner:
             res = self.worker(c, "micro", ["--callgrind"] + (["--quick"] if self.args.quick else []), prefix)
             if not res:
                 continue
-            parts = sorted(_glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+            parts = sorted(glob.glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
             if len(parts) != len(res["micro"]):
                 data["notes"].append(
                     f"callgrind {c.name}: {len(parts)} dumps for {len(res['micro'])} benchmarks; instruction counts not used"
@@ -164,12 +165,6 @@ class Runner:
                 if c.name in ("rustmalloc", "pymalloc"):
                     entry["hot"] = cgprofile.hot_table(prof, m["ops"])
                 data["callgrind"].setdefault(c.name, {})[m["name"]] = entry
-
-
-def _glob(pattern: str) -> List[str]:
-    import glob
-
-    return glob.glob(pattern)
 
 
 ENTRY_POINTS = (
@@ -189,7 +184,7 @@ def _entry_points(prof: cgprofile.Profile) -> Dict[str, dict]:
     return out
 
 
-def probe(args, configs: List[cfgmod.Config]) -> None:
+def probe(args) -> None:
     """Refuse to measure a debug build of rustmalloc by accident."""
     code = "from rustmalloc._rustmalloc import _bench; print(int(_bench.DEBUG_BUILD))"
     try:
@@ -247,7 +242,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if check.returncode != 0:
             notes.append("workloads level skipped: pytest-benchmark is not installed (pip install '.[bench]')")
             args.levels = [lv for lv in args.levels if lv != "workloads"]
-    probe(args, configs)
+    probe(args)
 
     data = {
         "quick": args.quick,
@@ -258,7 +253,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "machine": machine.describe(args.python),
         "configs": [{"name": c.name, "description": c.description, "peer": c.peer} for c in configs],
         "notes": notes,
-        "micro_benches": {b.name: {"about": b.about, "threads": b.threads, "ops": b.ops} for b in micro.benches(args.quick)},
+        "micro_benches": {
+            b.name: {"about": b.about, "threads": b.threads, "ops": b.ops, "domain": b.domain} for b in micro.benches(args.quick)
+        },
         "states": {},
         "micro": {},
         "callgrind": {},
@@ -276,8 +273,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         runner.run_memory(data)
     data["failures"] = runner.failures
     data["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    data["machine"]["load average at end"] = machine.load_average()
     with open(results_json, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        json.dump(data, f, indent=1)  # insertion order is the tables' order
     report.write(data, args.out, charts=not args.no_charts)
     runner.log(f"done in {data['elapsed_s']} s: {os.path.join(args.out, 'results.md')}")
     return 1 if runner.failures else 0

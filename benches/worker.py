@@ -81,8 +81,10 @@ def cmd_micro(args) -> dict:
 def cmd_workloads(args) -> dict:
     import pytest
 
-    env_scale = str(args.scale)
-    os.environ["RMBENCH_SCALE"] = env_scale
+    sys.path.insert(0, HERE)
+    import workloads
+
+    os.environ["RMBENCH_SCALE"] = str(args.scale or workloads.SCALE_TIMED)
     os.environ["RMBENCH_ROUNDS"] = str(args.rounds)
     bench_json = args.out + ".pytest-benchmark.json"
     code = pytest.main(
@@ -113,7 +115,7 @@ def cmd_memory(args) -> dict:
 
     gc.collect()
     base = proc_status_kib("VmRSS")
-    data = workloads.WORKLOADS[args.workload](args.scale)
+    data = workloads.WORKLOADS[args.workload](args.scale or workloads.SCALE_MEMORY)
     peak = proc_status_kib("VmHWM")
     live = proc_status_kib("VmRSS")
     del data

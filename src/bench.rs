@@ -26,8 +26,8 @@
 //!   rule, starting from `realloc(NULL, ...)`, to lengths drawn from a small-biased
 //!   distribution, then freed.
 //!
-//! Sizes (`sizes`): `mix` (like CPython's own traffic: 55% 16..64 bytes, 30% 65..128, 10%
-//! 129..512, 5% 513..2048), `to2k` (uniform 16..2048), or `fixedN` (always N bytes).
+//! Sizes (`sizes`): `mix` (like CPython's own traffic, see `MIX`), `to2k` (uniform 16..2048),
+//! or `fixedN` (always N bytes).
 //!
 //! RAW runs (`domain="raw"`) release the GIL and run on `threads` new threads (1 included, so
 //! every thread count starts alike); `cross=True` makes the batch patterns free, in each round,
@@ -136,31 +136,35 @@ fn parse_sizes(s: &str) -> PyResult<Sizes> {
     }
 }
 
+/// A distribution in buckets `(percent up to, lo, hi)`: a uniform draw in `lo..=hi` from the
+/// first bucket whose cumulative percentage exceeds a uniform draw in `0..100`.
+type Buckets = [(usize, usize, usize)];
+
+/// Sizes like CPython's own traffic: 55% 16..64 bytes, 30% 65..128, 10% 129..512, 5% 513..2048.
+const MIX: &Buckets = &[(55, 16, 64), (85, 65, 128), (95, 129, 512), (100, 513, 2048)];
+/// List lengths for `realloc`: half up to 8 items, most of the rest up to 512.
+const LIST_LENGTHS: &Buckets = &[(50, 1, 8), (80, 9, 64), (95, 65, 512), (100, 513, 4096)];
+
+impl Rng {
+    fn draw(&mut self, buckets: &Buckets) -> usize {
+        let r = self.range(0, 99);
+        let &(_, lo, hi) = buckets.iter().find(|b| r < b.0).unwrap_or(&buckets[buckets.len() - 1]);
+        self.range(lo, hi)
+    }
+}
+
 fn size_table(sizes: Sizes, rng: &mut Rng) -> Vec<u32> {
     (0..TABLE_LEN)
         .map(|_| match sizes {
             Sizes::Fixed(n) => n,
             Sizes::To2k => rng.range(MIN_SIZE, 2048),
-            Sizes::Mix => match rng.range(0, 99) {
-                0..=54 => rng.range(16, 64),
-                55..=84 => rng.range(65, 128),
-                85..=94 => rng.range(129, 512),
-                _ => rng.range(513, 2048),
-            },
+            Sizes::Mix => rng.draw(MIX),
         } as u32)
         .collect()
 }
 
-/// Target list lengths for `realloc`: half up to 8 items, most of the rest up to 512.
 fn list_length_table(rng: &mut Rng) -> Vec<u32> {
-    (0..TABLE_LEN)
-        .map(|_| match rng.range(0, 99) {
-            0..=49 => rng.range(1, 8),
-            50..=79 => rng.range(9, 64),
-            80..=94 => rng.range(65, 512),
-            _ => rng.range(513, 4096),
-        } as u32)
-        .collect()
+    (0..TABLE_LEN).map(|_| rng.draw(LIST_LENGTHS) as u32).collect()
 }
 
 /// Tag a block with the slot it is kept in: its first word holds `slot ^ TAG_KEY`. A block
