@@ -90,6 +90,8 @@ pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
 pub unsafe fn alloc_counted<const STATS: bool>(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     if size <= SMALL_MAX {
         let class = SizeClass::of(size).index();
+        // SAFETY (for the unchecked indices below): `domain < DOMAINS` by the caller's
+        // contract, `class < NUM_CLASSES` as a `SizeClass`.
         let page = (*queue(h, domain, class)).first;
         if !page.is_null() {
             let block = (*page).free;

@@ -97,9 +97,8 @@ macro_rules! gil_hooks {
             forward_realloc($domain, p, size)
         }
         extern "C" fn $free(_ctx: *mut c_void, p: *mut c_void) {
-            if p.is_null() {
-                return;
-            }
+            // NULL is not ours: it goes to `forward_free`, which does nothing with it; the fast
+            // path pays no separate test for it.
             if owns(p as *const u8) {
                 // SAFETY: as above. Whichever heap owns the block gets it back, so a MEM/OBJ
                 // (or RAW) mix-up cannot corrupt anything.
@@ -116,6 +115,9 @@ gil_hooks!(OBJ, obj_malloc, obj_calloc, obj_realloc, obj_free);
 #[cold]
 #[inline(never)]
 fn forward_free(domain: usize, p: *mut c_void) {
+    if p.is_null() {
+        return; // free(NULL) does nothing, and is not a foreign free
+    }
     let prev = previous(domain);
     // SAFETY: counting touches only this caller's counters; `p` is the previous allocator's.
     unsafe { crate::count_foreign(domain, false) };

@@ -44,14 +44,35 @@ pub static BLOCK_SIZES: [u32; NUM_CLASSES] = {
     t
 };
 
+/// Requests up to this many bytes find their class in `CLASS_OF` (one load, no arithmetic).
+pub const TABLE_MAX: usize = 1024;
+
+/// Class index per 16-byte step of request size: `CLASS_OF[(size + 15) >> 4]`, for
+/// `size <= TABLE_MAX` (0 and 1..=16 share class 0).
+static CLASS_OF: [u8; TABLE_MAX / ALIGNMENT + 1] = {
+    let mut t = [0u8; TABLE_MAX / ALIGNMENT + 1];
+    let mut i = 1;
+    while i < t.len() {
+        let size = i * ALIGNMENT; // the largest request of this step
+        let mut c = 0;
+        while (BLOCK_SIZES[c] as usize) < size {
+            c += 1;
+        }
+        t[i] = c as u8;
+        i += 1;
+    }
+    t
+};
+
 impl SizeClass {
     /// The class serving a request of `size` bytes (`size <= SMALL_MAX`). A 0-byte request
     /// gets the smallest class, so it still returns a distinct block.
     #[inline(always)]
     pub fn of(size: usize) -> SizeClass {
         debug_assert!(size <= SMALL_MAX);
-        if size <= FINE_MAX {
-            SizeClass((size.saturating_sub(1) >> 4) as u8)
+        if size <= TABLE_MAX {
+            // SAFETY: `(size + 15) >> 4 <= TABLE_MAX / 16`, the table's last index.
+            SizeClass(unsafe { *CLASS_OF.get_unchecked((size + 15) >> 4) })
         } else {
             Self::coarse(size)
         }

@@ -116,7 +116,13 @@ def demo(args: argparse.Namespace) -> int:
     result = _workload()
     elapsed = time.perf_counter() - start
     print(f"workload (json, pickle, re, dicts, cyclic gc, 4 threads): result {result}, {elapsed:.2f} s")
-    _print_stats("after the workload:")
+    print(report_text("after the workload:"))
+    returned = rustmalloc.trim()
+    snap = rustmalloc.stats()
+    print(
+        f"trim() gave {returned / 2**20:,.1f} MiB back to the OS; "
+        f"{snap.os.bytes_resident / 2**20:,.1f} MiB of rustmalloc's memory is resident now"
+    )
     return 0
 
 
