@@ -66,7 +66,11 @@ fn api(domain: &str) -> PyResult<(Api, bool)> {
             true,
         ),
         "mem" => (
-            Api { malloc: ffi::PyMem_Malloc, realloc: ffi::PyMem_Realloc, free: ffi::PyMem_Free },
+            Api {
+                malloc: ffi::PyMem_Malloc,
+                realloc: ffi::PyMem_Realloc,
+                free: ffi::PyMem_Free,
+            },
             false,
         ),
         "obj" => (
@@ -127,7 +131,10 @@ fn parse_sizes(s: &str) -> PyResult<Sizes> {
     match s {
         "mix" => Ok(Sizes::Mix),
         "to2k" => Ok(Sizes::To2k),
-        _ => match s.strip_prefix("fixed").and_then(|n| n.parse::<usize>().ok()) {
+        _ => match s
+            .strip_prefix("fixed")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) if (MIN_SIZE..=1 << 20).contains(&n) => Ok(Sizes::Fixed(n)),
             _ => Err(PyValueError::new_err(format!(
                 "unknown sizes {s:?}: mix, to2k or fixedN with 16 <= N <= 1 MiB"
@@ -141,14 +148,22 @@ fn parse_sizes(s: &str) -> PyResult<Sizes> {
 type Buckets = [(usize, usize, usize)];
 
 /// Sizes like CPython's own traffic: 55% 16..64 bytes, 30% 65..128, 10% 129..512, 5% 513..2048.
-const MIX: &Buckets = &[(55, 16, 64), (85, 65, 128), (95, 129, 512), (100, 513, 2048)];
+const MIX: &Buckets = &[
+    (55, 16, 64),
+    (85, 65, 128),
+    (95, 129, 512),
+    (100, 513, 2048),
+];
 /// List lengths for `realloc`: half up to 8 items, most of the rest up to 512.
 const LIST_LENGTHS: &Buckets = &[(50, 1, 8), (80, 9, 64), (95, 65, 512), (100, 513, 4096)];
 
 impl Rng {
     fn draw(&mut self, buckets: &Buckets) -> usize {
         let r = self.range(0, 99);
-        let &(_, lo, hi) = buckets.iter().find(|b| r < b.0).unwrap_or(&buckets[buckets.len() - 1]);
+        let &(_, lo, hi) = buckets
+            .iter()
+            .find(|b| r < b.0)
+            .unwrap_or(&buckets[buckets.len() - 1]);
         self.range(lo, hi)
     }
 }
@@ -164,18 +179,24 @@ fn size_table(sizes: Sizes, rng: &mut Rng) -> Vec<u32> {
 }
 
 fn list_length_table(rng: &mut Rng) -> Vec<u32> {
-    (0..TABLE_LEN).map(|_| rng.draw(LIST_LENGTHS) as u32).collect()
+    (0..TABLE_LEN)
+        .map(|_| rng.draw(LIST_LENGTHS) as u32)
+        .collect()
 }
 
 /// Tag a block with the slot it is kept in: its first word holds `slot ^ TAG_KEY`. A block
 /// handed out twice while live, or a live block the allocator writes its own metadata into,
 /// fails the check before its free. (One store and one load: the loop stays light, since its
 /// cost is in every figure.)
+/// # Safety
+/// `p` is a live block of at least 8 bytes that the benchmark owns.
 #[inline(always)]
 unsafe fn tag(p: *mut u8, slot: usize) {
     (p as *mut usize).write(slot ^ TAG_KEY);
 }
 
+/// # Safety
+/// As for `tag`.
 #[inline(always)]
 unsafe fn tag_ok(p: *mut u8, slot: usize) -> bool {
     (p as *mut usize).read() == slot ^ TAG_KEY
@@ -248,15 +269,27 @@ impl Job {
                 ((ops / (2 * batch)).max(1), order, vec![0; batch])
             }
             Pattern::Churn => {
-                let order = (0..CHURN_LEN).map(|_| rng.range(0, window - 1) as u32).collect();
+                let order = (0..CHURN_LEN)
+                    .map(|_| rng.range(0, window - 1) as u32)
+                    .collect();
                 (ops / 2, order, vec![0; window])
             }
             Pattern::Realloc => (ops, list_length_table(&mut rng), Vec::new()),
         };
-        Job { api, pattern, count, sizes, order, slots }
+        Job {
+            api,
+            pattern,
+            count,
+            sizes,
+            order,
+            slots,
+        }
     }
 
     /// Fill the churn window (unmeasured).
+    ///
+    /// # Safety
+    /// Called with the GIL held for MEM/OBJ jobs (the allocator functions' contract).
     unsafe fn prefill(&mut self, out: &mut Outcome) {
         if self.pattern == Pattern::Churn {
             for i in 0..self.slots.len() {
@@ -266,6 +299,9 @@ impl Job {
     }
 
     /// Free what `prefill` and the churn left live (unmeasured).
+    ///
+    /// # Safety
+    /// As for `prefill`; the live blocks are the ones `prefill` and `run` left.
     unsafe fn drain(&mut self, out: &mut Outcome) {
         if self.pattern == Pattern::Churn {
             for i in 0..self.slots.len() {
@@ -275,6 +311,9 @@ impl Job {
     }
 
     /// Allocate a block for `slot` and tag it.
+    ///
+    /// # Safety
+    /// As for `prefill`.
     #[inline(always)]
     unsafe fn alloc(&self, size: usize, slot: usize, out: &mut Outcome) -> *mut u8 {
         let p = (self.api.malloc)(size) as *mut u8;
@@ -287,6 +326,9 @@ impl Job {
     }
 
     /// Check the tag of the block kept in `slot` and free it.
+    ///
+    /// # Safety
+    /// As for `prefill`; `p` is the live block this job keeps in `slot`.
     #[inline(always)]
     unsafe fn release(&self, p: *mut u8, slot: usize, out: &mut Outcome) {
         if !p.is_null() && !tag_ok(p, slot) {
@@ -297,6 +339,9 @@ impl Job {
 
     /// The pattern's loop, `count` pairs / rounds / steps / calls; adds the allocator calls it
     /// made to `out.ops`. Inlined into both `rmbench_warmup` and `rmbench_measure`.
+    ///
+    /// # Safety
+    /// As for `prefill`.
     #[inline(always)]
     unsafe fn run(&mut self, count: usize, out: &mut Outcome) {
         match self.pattern {
@@ -346,6 +391,9 @@ impl Job {
     /// Append `len` items to an empty list the way CPython's `list_resize` grows its item array
     /// (`PyMem_Realloc` to `(n + n/8 + 6) & ~3` items, the first from NULL), checking that the
     /// items survive each move; then free it.
+    ///
+    /// # Safety
+    /// As for `prefill`.
     #[inline(always)]
     unsafe fn grow_list(&self, len: usize, out: &mut Outcome) {
         let mut items: *mut usize = core::ptr::null_mut();
@@ -426,7 +474,9 @@ fn run_threads(jobs: Vec<Job>, cross: bool, warmup: bool) -> (u64, u64, u64) {
     let start = Barrier::new(threads);
     let phase = Barrier::new(threads);
     let ring = Ring(
-        jobs.iter().map(|j| core::cell::UnsafeCell::new(vec![0usize; j.slots.len()])).collect(),
+        jobs.iter()
+            .map(|j| core::cell::UnsafeCell::new(vec![0usize; j.slots.len()]))
+            .collect(),
     );
     let results: Vec<(Instant, Instant, u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
@@ -456,10 +506,21 @@ fn run_threads(jobs: Vec<Job>, cross: bool, warmup: bool) -> (u64, u64, u64) {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("benchmark thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread panicked"))
+            .collect()
     });
-    let first = results.iter().map(|r| r.0).min().expect("at least one thread");
-    let last = results.iter().map(|r| r.1).max().expect("at least one thread");
+    let first = results
+        .iter()
+        .map(|r| r.0)
+        .min()
+        .expect("at least one thread");
+    let last = results
+        .iter()
+        .map(|r| r.1)
+        .max()
+        .expect("at least one thread");
     let ops = results.iter().map(|r| r.2).sum();
     let errors = results.iter().map(|r| r.3).sum();
     ((last - first).as_nanos() as u64, ops, errors)
@@ -522,7 +583,9 @@ fn run(
     let (api, raw) = api(domain)?;
     let sizes = parse_sizes(sizes)?;
     if batch == 0 || window == 0 || !(1..=64).contains(&threads) {
-        return Err(PyValueError::new_err("batch and window must be positive, threads in 1..=64"));
+        return Err(PyValueError::new_err(
+            "batch and window must be positive, threads in 1..=64",
+        ));
     }
     if !raw && threads != 1 {
         return Err(PyValueError::new_err(
@@ -530,10 +593,21 @@ fn run(
         ));
     }
     if cross && !matches!(pattern, Pattern::Batch | Pattern::BatchRandom) {
-        return Err(PyValueError::new_err("cross-thread frees apply to the batch patterns only"));
+        return Err(PyValueError::new_err(
+            "cross-thread frees apply to the batch patterns only",
+        ));
     }
-    let job =
-        |i: usize| Job::new(api, pattern, sizes, ops, batch, window, seed.wrapping_add(i as u64));
+    let job = |i: usize| {
+        Job::new(
+            api,
+            pattern,
+            sizes,
+            ops,
+            batch,
+            window,
+            seed.wrapping_add(i as u64),
+        )
+    };
     if raw {
         let jobs: Vec<Job> = (0..threads).map(job).collect();
         Ok(py.detach(move || run_threads(jobs, cross, warmup)))

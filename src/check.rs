@@ -57,7 +57,10 @@ pub struct Call {
 }
 
 fn lock() {
-    while Q_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+    while Q_LOCK
+        .compare_exchange_weak(false, true, Acquire, Relaxed)
+        .is_err()
+    {
         std::hint::spin_loop();
     }
 }
@@ -92,7 +95,10 @@ impl Write for Line {
 
 /// Report a finding on stderr, then abort unless in "warn" mode.
 pub fn report(args: core::fmt::Arguments<'_>) {
-    let mut line = Line { buf: [0; 320], len: 0 };
+    let mut line = Line {
+        buf: [0; 320],
+        len: 0,
+    };
     let _ = line.write_str("rustmalloc: ");
     let _ = line.write_fmt(args);
     let _ = line.write_str("\n");
@@ -128,7 +134,10 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
     if n == FREED_MARK {
         report(format_args!(
             "double free of block {:p} (size class {} bytes, {} domain) by {}",
-            p, bs, domain_name(domain), call.function
+            p,
+            bs,
+            domain_name(domain),
+            call.function
         ));
         return None;
     }
@@ -136,7 +145,10 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
         report(format_args!(
             "block {:p} (size class {} bytes, {} domain) was overwritten past its end, over its \
              size record, found by {}",
-            p, bs, domain_name(domain), call.function
+            p,
+            bs,
+            domain_name(domain),
+            call.function
         ));
         return None;
     }
@@ -146,7 +158,12 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
         report(format_args!(
             "write past the end of block {:p} ({} bytes requested, size class {} bytes, {} \
              domain): byte {} after the end was changed, found by {}",
-            p, n, bs, domain_name(domain), off, call.function
+            p,
+            n,
+            bs,
+            domain_name(domain),
+            off,
+            call.function
         ));
         return None;
     }
@@ -155,7 +172,9 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
 
 /// Allocate `n` bytes through `alloc` (which takes the padded size), laid out for checking.
 pub fn malloc(n: usize, zeroed: bool, alloc: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
-    let Some(padded) = n.checked_add(EXTRA) else { return null_mut() };
+    let Some(padded) = n.checked_add(EXTRA) else {
+        return null_mut();
+    };
     let p = alloc(padded);
     if !p.is_null() {
         // SAFETY: a fresh block of ours with at least `padded` bytes.
@@ -214,6 +233,9 @@ pub unsafe fn free(p: *mut u8, call: &Call, free: impl Fn(*mut u8)) {
 }
 
 /// A block leaves the quarantine: check nobody wrote to it since it was freed, then free it.
+///
+/// # Safety
+/// `p` is a live block of ours that was taken out of the quarantine; `free` frees a block of ours.
 unsafe fn release(p: *mut u8, free: &impl Fn(*mut u8)) {
     let bs = usable_size(p);
     let body = core::slice::from_raw_parts(p, bs - 8);
@@ -221,7 +243,10 @@ unsafe fn release(p: *mut u8, free: &impl Fn(*mut u8)) {
         report(format_args!(
             "write to freed block {:p} (size class {} bytes, {} domain): byte {} was changed \
              after the block was freed, found when it left the quarantine",
-            p, bs, domain_name(crate::heap::block_domain(p)), off
+            p,
+            bs,
+            domain_name(crate::heap::block_domain(p)),
+            off
         ));
         if MODE.load(Relaxed) == WARN {
             return; // leak it: it is still being written to
@@ -241,7 +266,9 @@ pub unsafe fn realloc(
     alloc: impl FnOnce(usize) -> *mut u8,
     free_fn: impl Fn(*mut u8),
 ) -> *mut u8 {
-    let Some(old) = verify_live(p, call) else { return null_mut() };
+    let Some(old) = verify_live(p, call) else {
+        return null_mut();
+    };
     let q = malloc(n, false, alloc);
     if q.is_null() {
         return null_mut();

@@ -55,7 +55,10 @@ pub struct Heap {
 impl Heap {
     pub const fn new() -> Heap {
         Heap {
-            queues: [PageQueue { first: null_mut(), last: null_mut() }; DOMAINS * NUM_CLASSES],
+            queues: [PageQueue {
+                first: null_mut(),
+                last: null_mut(),
+            }; DOMAINS * NUM_CLASSES],
             segments: null_mut(),
             empty_segments: 0,
             remote: AtomicPtr::new(null_mut()),
@@ -67,6 +70,8 @@ impl Heap {
     }
 }
 
+/// # Safety
+/// `h` is a live heap, `domain < DOMAINS` and `class < NUM_CLASSES`.
 #[inline(always)]
 unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
     ptr::addr_of_mut!((*h).queues[domain * NUM_CLASSES + class])
@@ -87,7 +92,11 @@ pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
 /// # Safety
 /// As for `alloc`.
 #[inline(always)]
-pub unsafe fn alloc_counted<const STATS: bool>(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+pub unsafe fn alloc_counted<const STATS: bool>(
+    h: *mut Heap,
+    size: usize,
+    domain: usize,
+) -> *mut u8 {
     if size <= SMALL_MAX {
         let class = SizeClass::of(size).index();
         // SAFETY (for the unchecked indices below): `domain < DOMAINS` by the caller's
@@ -100,7 +109,11 @@ pub unsafe fn alloc_counted<const STATS: bool>(h: *mut Heap, size: usize, domain
                 (*page).used += 1;
                 if STATS {
                     // SAFETY: `domain < DOMAINS` (callers' contract), `class < NUM_CLASSES`.
-                    (*h).counters.allocs.get_unchecked(domain).get_unchecked(class).add(1);
+                    (*h).counters
+                        .allocs
+                        .get_unchecked(domain)
+                        .get_unchecked(class)
+                        .add(1);
                 }
                 return block;
             }
@@ -110,67 +123,74 @@ pub unsafe fn alloc_counted<const STATS: bool>(h: *mut Heap, size: usize, domain
     alloc_large(h, size, domain)
 }
 
-
-
 /// `alloc` of `n * size` zeroed bytes; null on overflow.
 ///
 /// # Safety
 /// As for `alloc`.
 pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -> *mut u8 {
     crate::no_unwind(null_mut(), || {
-    (*h).counters.callocs[domain].add(1);
-    let Some(total) = n.checked_mul(size) else { return null_mut() };
-    if total > LARGE_MAX {
-        return alloc_huge(h, total, domain); // a fresh mapping reads as zeros
-    }
-    let p = alloc(h, total, domain);
-    if !p.is_null() {
-        ptr::write_bytes(p, 0, total);
-    }
-    p
+        (*h).counters.callocs[domain].add(1);
+        let Some(total) = n.checked_mul(size) else {
+            return null_mut();
+        };
+        if total > LARGE_MAX {
+            return alloc_huge(h, total, domain); // a fresh mapping reads as zeros
+        }
+        let p = alloc(h, total, domain);
+        if !p.is_null() {
+            ptr::write_bytes(p, 0, total);
+        }
+        p
     })
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `class < NUM_CLASSES`, `domain < DOMAINS`.
 #[cold]
 #[inline(never)]
 unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
     crate::no_unwind(null_mut(), || {
-    collect_remote(h);
-    maybe_purge(h);
-    let q = queue(h, domain, class);
-    loop {
-        let page = (*q).first;
+        collect_remote(h);
+        maybe_purge(h);
+        let q = queue(h, domain, class);
+        loop {
+            let page = (*q).first;
+            if page.is_null() {
+                break;
+            }
+            if !(*page).free.is_null()
+                || ((*page).purged != 0 && unpurge_page(page))
+                || ((*page).capacity < (*page).reserved && carve(h, page))
+            {
+                return pop(h, page, class, domain);
+            }
+            queue_remove(q, page);
+            (*page).full = true;
+        }
+        let page = take_pages(h, 1);
         if page.is_null() {
-            break;
+            return null_mut();
         }
-        if !(*page).free.is_null()
-            || ((*page).purged != 0 && unpurge_page(page))
-            || ((*page).capacity < (*page).reserved && carve(h, page))
-        {
-            return pop(h, page, class, domain);
-        }
-        queue_remove(q, page);
-        (*page).full = true;
-    }
-    let page = take_pages(h, 1);
-    if page.is_null() {
-        return null_mut();
-    }
-    init_small_page(page, SizeClass(class as u8), domain as u8);
-    (*h).counters.pages[domain][class].add(1);
-    queue_push_front(q, page);
-    carve(h, page);
-    pop(h, page, class, domain)
+        init_small_page(page, SizeClass(class as u8), domain as u8);
+        (*h).counters.pages[domain][class].add(1);
+        queue_push_front(q, page);
+        carve(h, page);
+        pop(h, page, class, domain)
     })
 }
 
 /// Carve more blocks into an empty free list; false if the page is all carved.
+///
+/// # Safety
+/// The caller is `h`'s owner and `page` a small page of `h` with an empty free list.
 unsafe fn carve(h: *mut Heap, page: *mut Page) -> bool {
     let n = extend_free_list(page);
     (*h).counters.carved[(*page).domain as usize][(*page).class as usize].add(n as u64);
     n != 0
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `page` is a small page of `h` for (`domain`, `class`) with a non-empty free list.
 #[inline(always)]
 unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mut u8 {
     let block = (*page).free;
@@ -186,32 +206,36 @@ unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mu
     block
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `size > SMALL_MAX`, `domain < DOMAINS`.
 #[cold]
 #[inline(never)]
 unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     crate::no_unwind(null_mut(), || {
-    if size > LARGE_MAX {
-        return alloc_huge(h, size, domain);
-    }
-    collect_remote(h);
-    maybe_purge(h);
-    let count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
-    let page = take_pages(h, count);
-    if page.is_null() {
-        return null_mut();
-    }
-    let rounded = segment::huge_rounded(size);
-    (*page).kind = PageKind::Large;
-    (*page).block_size = rounded as u32;
-    (*page).used = 1;
-    (*page).domain = domain as u8;
-    (*page).class = 0;
-    (*page).full = false;
-    count_large_alloc(h, domain, rounded);
-    (*page).start
+        if size > LARGE_MAX {
+            return alloc_huge(h, size, domain);
+        }
+        collect_remote(h);
+        maybe_purge(h);
+        let count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
+        let page = take_pages(h, count);
+        if page.is_null() {
+            return null_mut();
+        }
+        let rounded = segment::huge_rounded(size);
+        (*page).kind = PageKind::Large;
+        (*page).block_size = rounded as u32;
+        (*page).used = 1;
+        (*page).domain = domain as u8;
+        (*page).class = 0;
+        (*page).full = false;
+        count_large_alloc(h, domain, rounded);
+        (*page).start
     })
 }
 
+/// # Safety
+/// The caller is `h`'s user (counters are single-writer); `domain < DOMAINS`.
 unsafe fn count_large_alloc(h: *mut Heap, domain: usize, rounded: usize) {
     let c = &(*h).counters;
     c.allocs[domain][LARGE_SLOT].add(1);
@@ -219,6 +243,8 @@ unsafe fn count_large_alloc(h: *mut Heap, domain: usize, rounded: usize) {
     c.note_available(rounded as u64);
 }
 
+/// # Safety
+/// As for `count_large_alloc`.
 unsafe fn count_large_free(h: *mut Heap, domain: usize, rounded: usize) {
     let c = &(*h).counters;
     c.frees[domain][LARGE_SLOT].add(1);
@@ -226,6 +252,9 @@ unsafe fn count_large_free(h: *mut Heap, domain: usize, rounded: usize) {
 }
 
 /// A large or huge block resized in place from `old` to `new` bytes (16-byte rounded).
+///
+/// # Safety
+/// As for `count_large_alloc`.
 unsafe fn count_large_resize(h: *mut Heap, domain: usize, old: usize, new: usize) {
     let c = &(*h).counters;
     c.large_bytes_freed[domain].add(old as u64);
@@ -233,6 +262,8 @@ unsafe fn count_large_resize(h: *mut Heap, domain: usize, old: usize, new: usize
     c.note_available(new.saturating_sub(old) as u64);
 }
 
+/// # Safety
+/// As for `count_large_alloc` (the mapping itself needs no owner).
 unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     if size > isize::MAX as usize {
         return null_mut();
@@ -246,6 +277,9 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
 
 /// Take `count` contiguous free pages from one of the heap's segments, mapping a new segment
 /// if none has room.
+///
+/// # Safety
+/// The caller is `h`'s owner; `1 <= count <= LARGE_MAX / PAGE_SIZE`.
 unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
     let mut seg = (*h).segments;
     while !seg.is_null() {
@@ -308,25 +342,29 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
     free_slow(h, seg, page, p);
 }
 
+/// # Safety
+/// As for `free`; `seg` and `page` are `segment_of(p)` and `page_of(p)`.
 #[cold]
 #[inline(never)]
 unsafe fn free_slow(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *mut u8) {
     crate::no_unwind((), || {
-    if (*seg).kind == SegmentKind::Huge {
-        count_large_free(h, (*seg).huge_domain as usize, (*seg).huge_size);
-        segment::release_segment(seg);
-        return;
-    }
-    count_free(h, page);
-    let owner = (*seg).owner;
-    if owner == h {
-        free_local_uncounted(h, page, p);
-    } else {
-        push_remote(owner, p);
-    }
+        if (*seg).kind == SegmentKind::Huge {
+            count_large_free(h, (*seg).huge_domain as usize, (*seg).huge_size);
+            segment::release_segment(seg);
+            return;
+        }
+        count_free(h, page);
+        let owner = (*seg).owner;
+        if owner == h {
+            free_local_uncounted(h, page, p);
+        } else {
+            push_remote(owner, p);
+        }
     })
 }
 
+/// # Safety
+/// The caller is `h`'s user; `page` is the live page (or span) of a block being freed.
 #[inline]
 unsafe fn count_free(h: *mut Heap, page: *mut Page) {
     let domain = (*page).domain as usize;
@@ -370,6 +408,8 @@ pub unsafe fn collect_remote(h: *mut Heap) {
     }
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `p` is a live block of `page`, a page of `h`.
 unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
     if (*page).kind == PageKind::Small {
         *(p as *mut *mut u8) = (*page).free;
@@ -383,25 +423,27 @@ unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
     }
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `page` is a small page of `h` that is full or has no live block.
 #[cold]
 #[inline(never)]
 unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
     crate::no_unwind((), || {
-    let q = queue(h, (*page).domain as usize, (*page).class as usize);
-    if (*page).full {
-        // Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain
-        // (to be purged, or given back whole): a full page that just got a block back is almost
-        // full, so it goes first; pages with many free blocks sink to the back of the queue.
-        (*page).full = false;
-        queue_push_front(q, page);
-    }
-    if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
-        queue_remove(q, page);
-        let (d, c) = ((*page).domain as usize, (*page).class as usize);
-        (*h).counters.pages[d][c].sub(1);
-        (*h).counters.carved[d][c].sub((*page).capacity as u64);
-        release_pages(h, page);
-    }
+        let q = queue(h, (*page).domain as usize, (*page).class as usize);
+        if (*page).full {
+            // Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain
+            // (to be purged, or given back whole): a full page that just got a block back is almost
+            // full, so it goes first; pages with many free blocks sink to the back of the queue.
+            (*page).full = false;
+            queue_push_front(q, page);
+        }
+        if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
+            queue_remove(q, page);
+            let (d, c) = ((*page).domain as usize, (*page).class as usize);
+            (*h).counters.pages[d][c].sub(1);
+            (*h).counters.carved[d][c].sub((*page).capacity as u64);
+            release_pages(h, page);
+        }
     })
 }
 
@@ -409,6 +451,9 @@ unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
 /// passes decommit and unmap empty segments after the purge delay, so a program that frees and
 /// reallocates a large structure in rounds does not map, fault in and unmap it every round
 /// (mmap and munmap also serialise every thread of the process on the kernel's mmap lock).
+///
+/// # Safety
+/// The caller is `h`'s owner; `page` starts a span of `h` holding no live block, out of every queue.
 unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
     let seg = segment_of(page as *const u8);
     let empty = segment::return_pages(page);
@@ -427,57 +472,57 @@ unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
 /// As for `free`.
 pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *mut u8 {
     crate::no_unwind(null_mut(), || {
-    (*h).counters.reallocs[domain].add(1);
-    if size > isize::MAX as usize {
-        return null_mut();
-    }
-    let seg = segment_of(p);
-    let old_size;
-    if (*seg).kind == SegmentKind::Huge {
-        old_size = (*seg).huge_size;
-        if size > LARGE_MAX {
-            let d = (*seg).huge_domain as usize;
-            let q = huge_resize(seg, size);
-            if !q.is_null() {
-                count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
-            }
-            return q;
+        (*h).counters.reallocs[domain].add(1);
+        if size > isize::MAX as usize {
+            return null_mut();
         }
-    } else {
-        let page = page_of(p);
-        old_size = (*page).block_size as usize;
-        if (*page).kind == PageKind::Small {
-            // Same block if the request still fits and would not fit a class half the size.
-            if size <= old_size && size.max(8) * 2 >= old_size {
-                return p;
-            }
-        } else if size > SMALL_MAX && size <= LARGE_MAX {
-            let capacity = (*page).span as usize * PAGE_SIZE;
-            let fits = size <= capacity && size * 2 >= old_size;
-            let grown = !fits && size > capacity && (*seg).owner == h && {
-                let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
-                let ok = segment::extend_span(page, extra);
-                // The heap's list holds only segments with free pages.
-                if ok && (*seg).free_pages == 0 && (*seg).in_list {
-                    segment_list_remove(h, seg);
+        let seg = segment_of(p);
+        let old_size;
+        if (*seg).kind == SegmentKind::Huge {
+            old_size = (*seg).huge_size;
+            if size > LARGE_MAX {
+                let d = (*seg).huge_domain as usize;
+                let q = huge_resize(seg, size);
+                if !q.is_null() {
+                    count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
                 }
-                ok
-            };
-            if fits || grown {
-                let rounded = segment::huge_rounded(size);
-                count_large_resize(h, (*page).domain as usize, old_size, rounded);
-                (*page).block_size = rounded as u32;
-                return p;
+                return q;
+            }
+        } else {
+            let page = page_of(p);
+            old_size = (*page).block_size as usize;
+            if (*page).kind == PageKind::Small {
+                // Same block if the request still fits and would not fit a class half the size.
+                if size <= old_size && size.max(8) * 2 >= old_size {
+                    return p;
+                }
+            } else if size > SMALL_MAX && size <= LARGE_MAX {
+                let capacity = (*page).span as usize * PAGE_SIZE;
+                let fits = size <= capacity && size * 2 >= old_size;
+                let grown = !fits && size > capacity && (*seg).owner == h && {
+                    let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
+                    let ok = segment::extend_span(page, extra);
+                    // The heap's list holds only segments with free pages.
+                    if ok && (*seg).free_pages == 0 && (*seg).in_list {
+                        segment_list_remove(h, seg);
+                    }
+                    ok
+                };
+                if fits || grown {
+                    let rounded = segment::huge_rounded(size);
+                    count_large_resize(h, (*page).domain as usize, old_size, rounded);
+                    (*page).block_size = rounded as u32;
+                    return p;
+                }
             }
         }
-    }
-    let q = alloc(h, size, domain);
-    if q.is_null() {
-        return null_mut();
-    }
-    ptr::copy_nonoverlapping(p, q, old_size.min(size));
-    free(h, p);
-    q
+        let q = alloc(h, size, domain);
+        if q.is_null() {
+            return null_mut();
+        }
+        ptr::copy_nonoverlapping(p, q, old_size.min(size));
+        free(h, p);
+        q
     })
 }
 
@@ -518,6 +563,8 @@ unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
     (*q).first = page;
 }
 
+/// # Safety
+/// `page` is in queue `q`, and the caller owns the heap of both.
 unsafe fn queue_remove(q: *mut PageQueue, page: *mut Page) {
     let (prev, next) = ((*page).prev, (*page).next);
     if prev.is_null() {
@@ -534,6 +581,8 @@ unsafe fn queue_remove(q: *mut PageQueue, page: *mut Page) {
     (*page).next = null_mut();
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `seg` is a segment of `h` not on its list.
 unsafe fn segment_list_push(h: *mut Heap, seg: *mut SegmentHeader) {
     (*seg).prev = null_mut();
     (*seg).next = (*h).segments;
@@ -544,6 +593,8 @@ unsafe fn segment_list_push(h: *mut Heap, seg: *mut SegmentHeader) {
     (*seg).in_list = true;
 }
 
+/// # Safety
+/// The caller is `h`'s owner; `seg` is on `h`'s list.
 unsafe fn segment_list_remove(h: *mut Heap, seg: *mut SegmentHeader) {
     let (prev, next) = ((*seg).prev, (*seg).next);
     if prev.is_null() {
@@ -560,6 +611,8 @@ unsafe fn segment_list_remove(h: *mut Heap, seg: *mut SegmentHeader) {
 }
 
 /// Run an automatic purge pass if the delay has passed, or a `trim()` asked for one.
+/// # Safety
+/// The caller is `h`'s owner.
 #[inline]
 unsafe fn maybe_purge(h: *mut Heap) {
     use core::sync::atomic::Ordering::Relaxed;
@@ -613,8 +666,16 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     }
     // Empty pages, beyond what an automatic pass retains; empty segments beyond a few (all, on a
     // trim) are unmapped.
-    let mut keep = if mode == Mode::Auto { purge::RETAIN_BYTES.load(Relaxed) as usize } else { 0 };
-    let mut empty_kept = if mode == Mode::Auto { EMPTY_SEGMENTS_KEPT } else { 0 };
+    let mut keep = if mode == Mode::Auto {
+        purge::RETAIN_BYTES.load(Relaxed) as usize
+    } else {
+        0
+    };
+    let mut empty_kept = if mode == Mode::Auto {
+        EMPTY_SEGMENTS_KEPT
+    } else {
+        0
+    };
     let mut seg = (*h).segments;
     while !seg.is_null() {
         let next = (*seg).next;
@@ -665,13 +726,19 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         while !page.is_null() {
             assert_eq!((*page).prev, prev);
             assert!((*page).kind == PageKind::Small && !(*page).full);
-            assert_eq!(((*page).domain as usize, (*page).class as usize), (domain, class));
+            assert_eq!(
+                ((*page).domain as usize, (*page).class as usize),
+                (domain, class)
+            );
             let bs = (*page).block_size as usize;
             let mut n = 0u32;
             let mut b = (*page).free;
             while !b.is_null() {
                 let off = b as usize - (*page).start as usize;
-                assert!(off % bs == 0 && off / bs < (*page).capacity as usize, "stray free block");
+                assert!(
+                    off % bs == 0 && off / bs < (*page).capacity as usize,
+                    "stray free block"
+                );
                 n += 1;
                 assert!(n <= (*page).capacity, "free list cycle");
                 b = *(b as *mut *mut u8);

@@ -202,7 +202,13 @@ pub fn os_totals() -> OsTotals {
     segment_map::for_each(|base, _| {
         bytes_resident += os::resident_bytes(base, segment::SEGMENT_SIZE).unwrap_or(0);
     });
-    OsTotals { bytes_mapped, bytes_returned, bytes_resident, segments, segments_peak }
+    OsTotals {
+        bytes_mapped,
+        bytes_returned,
+        bytes_resident,
+        segments,
+        segments_peak,
+    }
 }
 
 /// Count a free or realloc handed to the previous allocator (called by the hooks).

@@ -54,7 +54,9 @@ pub fn map_aligned(size: usize, align: usize, hint: usize) -> *mut u8 {
         return p;
     }
     raw_unmap(p, size);
-    let Some(over) = size.checked_add(align) else { return null_mut() };
+    let Some(over) = size.checked_add(align) else {
+        return null_mut();
+    };
     let p = map(over, 0);
     if p.is_null() {
         return null_mut();
@@ -130,9 +132,7 @@ pub fn resident_bytes(p: *mut u8, size: usize) -> Option<usize> {
     while off < size {
         let chunk = (size - off).min(vec.len() * ps);
         // SAFETY: mincore only reads the page tables; `vec` has room for chunk / ps entries.
-        let r = unsafe {
-            libc::mincore(p.add(off) as *mut libc::c_void, chunk, vec.as_mut_ptr())
-        };
+        let r = unsafe { libc::mincore(p.wrapping_add(off) as *mut libc::c_void, chunk, vec.as_mut_ptr()) };
         if r != 0 {
             return None;
         }

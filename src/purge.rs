@@ -34,7 +34,10 @@ pub static PURGED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Milliseconds on a coarse monotonic clock (a vDSO read, no system call).
 pub fn now_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
@@ -51,7 +54,11 @@ pub enum Mode {
 
 /// The policy's settings: (automatic purging on, delay in ms, bytes retained per heap).
 pub fn settings() -> (bool, u64, u64) {
-    (ENABLED.load(Relaxed), PURGE_DELAY_MS.load(Relaxed), RETAIN_BYTES.load(Relaxed))
+    (
+        ENABLED.load(Relaxed),
+        PURGE_DELAY_MS.load(Relaxed),
+        RETAIN_BYTES.load(Relaxed),
+    )
 }
 
 /// Change the policy's settings (validated by the caller).

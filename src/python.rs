@@ -23,8 +23,13 @@ struct Saved(UnsafeCell<[PyMemAllocatorEx; 3]>);
 // SAFETY: each entry is written before the hook that reads it is installed, and never again.
 unsafe impl Sync for Saved {}
 
-const EMPTY: PyMemAllocatorEx =
-    PyMemAllocatorEx { ctx: null_mut(), malloc: None, calloc: None, realloc: None, free: None };
+const EMPTY: PyMemAllocatorEx = PyMemAllocatorEx {
+    ctx: null_mut(),
+    malloc: None,
+    calloc: None,
+    realloc: None,
+    free: None,
+};
 static PREVIOUS: Saved = Saved(UnsafeCell::new([EMPTY; 3]));
 /// What each domain had when we first installed anything: a later install of another domain
 /// must find the same, or some other hook came in between.
@@ -39,7 +44,6 @@ fn previous(domain: usize) -> &'static PyMemAllocatorEx {
     // SAFETY: see `Saved`; hooks only run for installed domains, whose entry is final.
     unsafe { &(*PREVIOUS.0.get())[domain] }
 }
-
 
 // ---- RAW: any thread, GIL or not ---------------------------------------------------------
 
@@ -162,9 +166,27 @@ macro_rules! forward_hooks {
         }
     };
 }
-forward_hooks!(RAW, fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_free);
-forward_hooks!(MEM, fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free);
-forward_hooks!(OBJ, fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free);
+forward_hooks!(
+    RAW,
+    fwd_raw_malloc,
+    fwd_raw_calloc,
+    fwd_raw_realloc,
+    fwd_raw_free
+);
+forward_hooks!(
+    MEM,
+    fwd_mem_malloc,
+    fwd_mem_calloc,
+    fwd_mem_realloc,
+    fwd_mem_free
+);
+forward_hooks!(
+    OBJ,
+    fwd_obj_malloc,
+    fwd_obj_calloc,
+    fwd_obj_realloc,
+    fwd_obj_free
+);
 
 // ---- Checking-mode hooks (see check.rs): chosen at the first install, never on the fast path --
 
@@ -188,7 +210,9 @@ macro_rules! checking {
             crate::check::malloc(size, false, |n| alloc_for($domain, raw, n)) as *mut c_void
         }
         extern "C" fn $calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_void {
-            let Some(total) = n.checked_mul(size) else { return null_mut() };
+            let Some(total) = n.checked_mul(size) else {
+                return null_mut();
+            };
             let raw = $domain == RAW || ($gil && gil_missing($names[1]));
             crate::check::malloc(total, true, |n| alloc_for($domain, raw, n)) as *mut c_void
         }
@@ -200,7 +224,10 @@ macro_rules! checking {
                 return forward_realloc($domain, p, size);
             }
             let raw = $domain == RAW || ($gil && gil_missing($names[2]));
-            let call = crate::check::Call { domain: $domain, function: $names[2] };
+            let call = crate::check::Call {
+                domain: $domain,
+                function: $names[2],
+            };
             // SAFETY: `p` is ours; `free_for` routes each block to its owner.
             unsafe {
                 crate::check::realloc(
@@ -220,7 +247,10 @@ macro_rules! checking {
                 return forward_free($domain, p);
             }
             let raw = $domain == RAW || ($gil && gil_missing($names[3]));
-            let call = crate::check::Call { domain: $domain, function: $names[3] };
+            let call = crate::check::Call {
+                domain: $domain,
+                function: $names[3],
+            };
             // SAFETY: as above.
             unsafe { crate::check::free(p as *mut u8, &call, |q| free_for(raw, q)) }
         }
@@ -248,12 +278,51 @@ fn free_for(raw: bool, p: *mut u8) {
     }
 }
 
-const RAW_NAMES: [&str; 4] = ["PyMem_RawMalloc", "PyMem_RawCalloc", "PyMem_RawRealloc", "PyMem_RawFree"];
-const MEM_NAMES: [&str; 4] = ["PyMem_Malloc", "PyMem_Calloc", "PyMem_Realloc", "PyMem_Free"];
-const OBJ_NAMES: [&str; 4] = ["PyObject_Malloc", "PyObject_Calloc", "PyObject_Realloc", "PyObject_Free"];
-checking!(RAW, false, RAW_NAMES, chk_raw_malloc, chk_raw_calloc, chk_raw_realloc, chk_raw_free);
-checking!(MEM, true, MEM_NAMES, chk_mem_malloc, chk_mem_calloc, chk_mem_realloc, chk_mem_free);
-checking!(OBJ, true, OBJ_NAMES, chk_obj_malloc, chk_obj_calloc, chk_obj_realloc, chk_obj_free);
+const RAW_NAMES: [&str; 4] = [
+    "PyMem_RawMalloc",
+    "PyMem_RawCalloc",
+    "PyMem_RawRealloc",
+    "PyMem_RawFree",
+];
+const MEM_NAMES: [&str; 4] = [
+    "PyMem_Malloc",
+    "PyMem_Calloc",
+    "PyMem_Realloc",
+    "PyMem_Free",
+];
+const OBJ_NAMES: [&str; 4] = [
+    "PyObject_Malloc",
+    "PyObject_Calloc",
+    "PyObject_Realloc",
+    "PyObject_Free",
+];
+checking!(
+    RAW,
+    false,
+    RAW_NAMES,
+    chk_raw_malloc,
+    chk_raw_calloc,
+    chk_raw_realloc,
+    chk_raw_free
+);
+checking!(
+    MEM,
+    true,
+    MEM_NAMES,
+    chk_mem_malloc,
+    chk_mem_calloc,
+    chk_mem_realloc,
+    chk_mem_free
+);
+checking!(
+    OBJ,
+    true,
+    OBJ_NAMES,
+    chk_obj_malloc,
+    chk_obj_calloc,
+    chk_obj_realloc,
+    chk_obj_free
+);
 
 type Hooks = (
     extern "C" fn(*mut c_void, usize) -> *mut c_void,
@@ -264,12 +333,42 @@ type Hooks = (
 
 fn hooks(domain: usize, forward_only: bool, checking: bool) -> PyMemAllocatorEx {
     let (malloc, calloc, realloc, free): Hooks = match (domain, forward_only, checking) {
-        (RAW, true, _) => (fwd_raw_malloc, fwd_raw_calloc, fwd_raw_realloc, fwd_raw_free),
-        (MEM, true, _) => (fwd_mem_malloc, fwd_mem_calloc, fwd_mem_realloc, fwd_mem_free),
-        (_, true, _) => (fwd_obj_malloc, fwd_obj_calloc, fwd_obj_realloc, fwd_obj_free),
-        (RAW, _, true) => (chk_raw_malloc, chk_raw_calloc, chk_raw_realloc, chk_raw_free),
-        (MEM, _, true) => (chk_mem_malloc, chk_mem_calloc, chk_mem_realloc, chk_mem_free),
-        (_, _, true) => (chk_obj_malloc, chk_obj_calloc, chk_obj_realloc, chk_obj_free),
+        (RAW, true, _) => (
+            fwd_raw_malloc,
+            fwd_raw_calloc,
+            fwd_raw_realloc,
+            fwd_raw_free,
+        ),
+        (MEM, true, _) => (
+            fwd_mem_malloc,
+            fwd_mem_calloc,
+            fwd_mem_realloc,
+            fwd_mem_free,
+        ),
+        (_, true, _) => (
+            fwd_obj_malloc,
+            fwd_obj_calloc,
+            fwd_obj_realloc,
+            fwd_obj_free,
+        ),
+        (RAW, _, true) => (
+            chk_raw_malloc,
+            chk_raw_calloc,
+            chk_raw_realloc,
+            chk_raw_free,
+        ),
+        (MEM, _, true) => (
+            chk_mem_malloc,
+            chk_mem_calloc,
+            chk_mem_realloc,
+            chk_mem_free,
+        ),
+        (_, _, true) => (
+            chk_obj_malloc,
+            chk_obj_calloc,
+            chk_obj_realloc,
+            chk_obj_free,
+        ),
         (RAW, _, _) => (raw_malloc, raw_calloc, raw_realloc, raw_free),
         (MEM, _, _) => (mem_malloc, mem_calloc, mem_realloc, mem_free),
         (_, _, _) => (obj_malloc, obj_calloc, obj_realloc, obj_free),
@@ -313,7 +412,10 @@ fn current_allocator_name() -> Option<String> {
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name; the symbol, if found, has the
     // signature `const char *(void)` and returns a static string or NULL.
     unsafe {
-        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"_PyMem_GetCurrentAllocatorName".as_ptr());
+        let sym = libc::dlsym(
+            libc::RTLD_DEFAULT,
+            c"_PyMem_GetCurrentAllocatorName".as_ptr(),
+        );
         if sym.is_null() {
             return Some("unknown".into());
         }
@@ -322,7 +424,11 @@ fn current_allocator_name() -> Option<String> {
         if name.is_null() {
             None
         } else {
-            Some(core::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+            Some(
+                core::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         }
     }
 }
@@ -369,7 +475,9 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
         ));
     }
     if check > crate::check::WARN {
-        return Err(PyRuntimeError::new_err("check must be 0 (off), 1 (abort) or 2 (warn)"));
+        return Err(PyRuntimeError::new_err(
+            "check must be 0 (off), 1 (abort) or 2 (warn)",
+        ));
     }
     FORWARD_ONLY.store(forward_only, Relaxed);
     crate::check::MODE.store(check, Relaxed);
@@ -486,7 +594,13 @@ fn _snapshot() -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
         }
     }
     let o = crate::os_totals();
-    let os = (o.bytes_mapped, o.bytes_returned, o.bytes_resident, o.segments, o.segments_peak);
+    let os = (
+        o.bytes_mapped,
+        o.bytes_returned,
+        o.bytes_resident,
+        o.segments,
+        o.segments_peak,
+    );
     (domains, classes, os, crate::raw_heap::heap_counts())
 }
 
@@ -529,7 +643,12 @@ fn _configure(enabled: bool, delay_ms: u64, retain_bytes: u64) {
 #[pyfunction]
 fn _purge_settings() -> (bool, u64, u64, u64) {
     let (enabled, delay, retain) = crate::purge::settings();
-    (enabled, delay, retain, crate::purge::PURGED_BYTES.load(Relaxed))
+    (
+        enabled,
+        delay,
+        retain,
+        crate::purge::PURGED_BYTES.load(Relaxed),
+    )
 }
 
 /// (RAW heaps created, RAW heaps abandoned and waiting for a thread to adopt them)

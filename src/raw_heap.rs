@@ -135,13 +135,20 @@ fn with_fallback<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
         h = create(SHARED);
         FALLBACK.store(h, Relaxed);
     }
-    let r = if h.is_null() { None } else { Some(f(h as *mut Heap)) };
+    let r = if h.is_null() {
+        None
+    } else {
+        Some(f(h as *mut Heap))
+    };
     FALLBACK_LOCK.store(false, Release);
     r
 }
 
 fn lock_fallback() {
-    while FALLBACK_LOCK.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+    while FALLBACK_LOCK
+        .compare_exchange_weak(false, true, Acquire, Relaxed)
+        .is_err()
+    {
         std::hint::spin_loop();
     }
 }
@@ -154,7 +161,10 @@ fn acquire() -> *mut RawHeap {
         // SAFETY: registry entries are never freed.
         unsafe {
             if (*h).state.load(Relaxed) == ABANDONED
-                && (*h).state.compare_exchange(ABANDONED, OWNED, Acquire, Relaxed).is_ok()
+                && (*h)
+                    .state
+                    .compare_exchange(ABANDONED, OWNED, Acquire, Relaxed)
+                    .is_ok()
             {
                 return h;
             }
@@ -227,7 +237,11 @@ extern "C" fn fork_child() {
         // SAFETY: registry entries are never freed; only this thread exists in the child.
         unsafe {
             if h != mine && (*h).state.load(Relaxed) == OWNED {
-                let s = if (*h).busy.load(Relaxed) { POISONED } else { ABANDONED };
+                let s = if (*h).busy.load(Relaxed) {
+                    POISONED
+                } else {
+                    ABANDONED
+                };
                 (*h).busy.store(false, Relaxed);
                 (*h).state.store(s, Relaxed);
             }
@@ -277,7 +291,10 @@ pub fn trim() -> usize {
         // ours alone until we hand it back.
         unsafe {
             if (*h).state.load(Relaxed) == ABANDONED
-                && (*h).state.compare_exchange(ABANDONED, OWNED, Acquire, Relaxed).is_ok()
+                && (*h)
+                    .state
+                    .compare_exchange(ABANDONED, OWNED, Acquire, Relaxed)
+                    .is_ok()
             {
                 bytes += heap::purge(h as *mut Heap, Mode::Trim);
                 (*h).state.store(ABANDONED, Release);

@@ -354,7 +354,8 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).purged = 0;
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;
-    (*page).counter = (domain as usize * (crate::size_class::NUM_CLASSES + 1) + class.index()) as u16;
+    (*page).counter =
+        (domain as usize * (crate::size_class::NUM_CLASSES + 1) + class.index()) as u16;
 }
 
 /// Free blocks on the page's list now.
@@ -498,7 +499,11 @@ pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize) -> usi
         while j < PAGES_PER_SEGMENT && dirty & (1 << j) != 0 {
             j += 1;
         }
-        let run = (if j - i == 64 { !0 } else { (1u64 << (j - i)) - 1 }) << i;
+        let run = (if j - i == 64 {
+            !0
+        } else {
+            (1u64 << (j - i)) - 1
+        }) << i;
         dirty &= !run;
         let len = (j - i) * PAGE_SIZE;
         if *keep >= len {
@@ -555,7 +560,9 @@ pub unsafe fn extend_free_list(page: *mut Page) -> u32 {
 
 /// Map a huge block of `size` bytes in a segment of its own. Returns the block, or null.
 pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
-    let Some(mapped) = size.checked_add(HUGE_OFFSET).and_then(|n| os::round_up(n, SEGMENT_SIZE))
+    let Some(mapped) = size
+        .checked_add(HUGE_OFFSET)
+        .and_then(|n| os::round_up(n, SEGMENT_SIZE))
     else {
         return null_mut();
     };
@@ -599,7 +606,9 @@ pub fn huge_rounded(size: usize) -> usize {
 /// # Safety
 /// `seg` is the live huge segment of a block the caller owns exclusively.
 pub unsafe fn huge_resize(seg: *mut SegmentHeader, size: usize) -> *mut u8 {
-    let Some(need) = size.checked_add(HUGE_OFFSET).and_then(|n| os::round_up(n, SEGMENT_SIZE))
+    let Some(need) = size
+        .checked_add(HUGE_OFFSET)
+        .and_then(|n| os::round_up(n, SEGMENT_SIZE))
     else {
         return null_mut();
     };
@@ -670,8 +679,12 @@ mod tests {
     fn page_descriptors_fit_and_resolve() {
         let seg = new_segment(null_mut());
         assert!(!seg.is_null());
+        // SAFETY: a fresh segment owned by this test alone.
         unsafe {
-            assert_eq!((*seg).free_pages.count_ones() as usize, PAGES_PER_SEGMENT - 1);
+            assert_eq!(
+                (*seg).free_pages.count_ones() as usize,
+                PAGES_PER_SEGMENT - 1
+            );
             let p = take_pages(seg, 1);
             assert_eq!(p, page_at(seg, 1));
             let inner = (*p).start.add(PAGE_SIZE - 1);

@@ -48,7 +48,9 @@ fn split(addr: usize) -> Option<(usize, usize)> {
 /// mapping, where every pointer we hand out for it lies).
 #[inline(always)]
 pub fn owns(p: *const u8) -> bool {
-    let Some((r, l)) = split(p as usize) else { return false };
+    let Some((r, l)) = split(p as usize) else {
+        return false;
+    };
     // SAFETY: `split` returns `r < ROOT_LEN` (the address has at most ADDRESS_BITS bits) and
     // `l < LEAF_LEN` (masked); a non-null root entry points to a leaf that is never unmapped.
     unsafe {
@@ -84,7 +86,9 @@ pub fn unregister(base: *mut u8, size: usize) {
 
 fn set(base: *mut u8, kind: u8) -> bool {
     debug_assert_eq!(base as usize % SEGMENT_SIZE, 0);
-    let Some((r, l)) = split(base as usize) else { return false };
+    let Some((r, l)) = split(base as usize) else {
+        return false;
+    };
     let mut leaf = ROOT[r].load(Acquire);
     if leaf.is_null() {
         let size = os::round_up(core::mem::size_of::<Leaf>(), os::page_size()).unwrap_or(0);
@@ -106,7 +110,9 @@ fn set(base: *mut u8, kind: u8) -> bool {
 }
 
 fn clear(base: *mut u8) {
-    let Some((r, l)) = split(base as usize) else { return };
+    let Some((r, l)) = split(base as usize) else {
+        return;
+    };
     let leaf = ROOT[r].load(Acquire);
     if !leaf.is_null() {
         // SAFETY: leaves are never unmapped.

@@ -121,7 +121,10 @@ mod tests {
             let c = SizeClass::of(size);
             assert!(c.block_size() >= size.max(1), "size {size}");
             if c.index() > 0 {
-                assert!((BLOCK_SIZES[c.index() - 1] as usize) < size.max(1), "size {size}");
+                assert!(
+                    (BLOCK_SIZES[c.index() - 1] as usize) < size.max(1),
+                    "size {size}"
+                );
             }
         }
     }

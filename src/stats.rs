@@ -107,7 +107,9 @@ impl Counters {
             .get()
             .wrapping_sub(self.large_bytes_freed[domain].get());
         for c in 0..NUM_CLASSES {
-            let n = self.allocs[domain][c].get().wrapping_sub(self.frees[domain][c].get());
+            let n = self.allocs[domain][c]
+                .get()
+                .wrapping_sub(self.frees[domain][c].get());
             live = live.wrapping_add(n.wrapping_mul(BLOCK_SIZES[c] as u64));
         }
         live
@@ -255,7 +257,9 @@ impl Summary {
         let live_all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(c.live(d)));
         let peak_all = c.peak_all.get();
         self.live_all = self.live_all.wrapping_add(live_all);
-        self.peak_all = self.peak_all.wrapping_add((live_all as i64).max(peak_all as i64) as u64);
+        self.peak_all = self
+            .peak_all
+            .wrapping_add((live_all as i64).max(peak_all as i64) as u64);
     }
 
     /// Live blocks of `class` in `domain` (sums wrap: a free may be counted on another heap).

@@ -59,7 +59,11 @@ fn check(p: *mut u8, size: usize, seed: u8) {
 fn check_prefix(p: *mut u8, size: usize, kept: usize, seed: u8) {
     for i in sample_offsets(size).filter(|&i| i < kept) {
         let got = unsafe { *p.add(i) };
-        assert_eq!(got, seed.wrapping_add(i as u8), "block {p:?} size {size} offset {i}");
+        assert_eq!(
+            got,
+            seed.wrapping_add(i as u8),
+            "block {p:?} size {size} offset {i}"
+        );
     }
 }
 
@@ -97,7 +101,10 @@ unsafe fn realloc_in(domain: usize, p: *mut u8, size: usize) -> *mut u8 {
 fn assert_no_overlap(live: &BTreeMap<usize, Live>) {
     let mut end = 0usize;
     for (&addr, l) in live {
-        assert!(addr >= end, "block {addr:#x} overlaps the previous one (ends {end:#x})");
+        assert!(
+            addr >= end,
+            "block {addr:#x} overlaps the previous one (ends {end:#x})"
+        );
         end = addr + l.size.max(1);
     }
 }
@@ -136,7 +143,9 @@ fn randomized_model() {
             }
             let seed = rng.next() as u8;
             fill(p, size, seed);
-            assert!(live.insert(p as usize, Live { size, domain, seed }).is_none());
+            assert!(live
+                .insert(p as usize, Live { size, domain, seed })
+                .is_none());
         } else {
             let idx = rng.below(live.len() as u64) as usize;
             let (&addr, &l) = live.iter().nth(idx).unwrap();
@@ -165,7 +174,11 @@ fn randomized_model() {
         }
         if step % 3000 == 1500 {
             // Purging must keep every live block's contents and leave the heap consistent.
-            let mode = if step % 6000 == 1500 { purge::Mode::Trim } else { purge::Mode::Auto };
+            let mode = if step % 6000 == 1500 {
+                purge::Mode::Trim
+            } else {
+                purge::Mode::Auto
+            };
             unsafe { heap::purge(gil_heap(), mode) };
             unsafe { check_gil_heap() };
         }
@@ -178,8 +191,14 @@ fn randomized_model() {
     unsafe { check_gil_heap() };
     let after = domain_totals();
     for d in 0..3 {
-        assert_eq!(before[d].blocks_in_use, after[d].blocks_in_use, "domain {d} blocks");
-        assert_eq!(before[d].bytes_in_use, after[d].bytes_in_use, "domain {d} bytes");
+        assert_eq!(
+            before[d].blocks_in_use, after[d].blocks_in_use,
+            "domain {d} blocks"
+        );
+        assert_eq!(
+            before[d].bytes_in_use, after[d].bytes_in_use,
+            "domain {d} bytes"
+        );
     }
 }
 
@@ -192,8 +211,14 @@ fn stats_count_blocks_at_their_class_size() {
     let mid = domain_totals();
     assert_eq!(mid[RAW].blocks_in_use - before[RAW].blocks_in_use, 100);
     assert_eq!(mid[RAW].bytes_in_use - before[RAW].bytes_in_use, 100 * 112);
-    assert_eq!(mid[OBJ].large_blocks_in_use - before[OBJ].large_blocks_in_use, 1);
-    assert_eq!(mid[OBJ].large_bytes_in_use - before[OBJ].large_bytes_in_use, 40_000);
+    assert_eq!(
+        mid[OBJ].large_blocks_in_use - before[OBJ].large_blocks_in_use,
+        1
+    );
+    assert_eq!(
+        mid[OBJ].large_bytes_in_use - before[OBJ].large_bytes_in_use,
+        40_000
+    );
     // Freed through the "wrong" domains: still counted against the domains that own them.
     for p in ps {
         unsafe { gil_free(p) };
@@ -204,7 +229,10 @@ fn stats_count_blocks_at_their_class_size() {
     assert_eq!(in_use(&after), in_use(&before));
     assert_eq!(after[RAW].allocs - before[RAW].allocs, 100);
     assert_eq!(after[RAW].frees - before[RAW].frees, 100);
-    assert_eq!(after[RAW].bytes_allocated - before[RAW].bytes_allocated, 100 * 112);
+    assert_eq!(
+        after[RAW].bytes_allocated - before[RAW].bytes_allocated,
+        100 * 112
+    );
     assert_eq!(after[OBJ].large_allocs - before[OBJ].large_allocs, 1);
     // The peak saw the large block (sampled on its slow path) and the 100 small ones (sampled
     // on read at the latest).
@@ -214,7 +242,14 @@ fn stats_count_blocks_at_their_class_size() {
 
 fn in_use(t: &[stats::DomainTotals; 3]) -> Vec<(u64, u64, u64, u64)> {
     t.iter()
-        .map(|d| (d.blocks_in_use, d.bytes_in_use, d.large_blocks_in_use, d.large_bytes_in_use))
+        .map(|d| {
+            (
+                d.blocks_in_use,
+                d.bytes_in_use,
+                d.large_blocks_in_use,
+                d.large_bytes_in_use,
+            )
+        })
         .collect()
 }
 
@@ -223,7 +258,9 @@ fn peaks_are_sampled_and_reset() {
     let _g = serial();
     reset_peak();
     let base = domain_totals()[MEM].bytes_in_use;
-    let ps: Vec<_> = (0..20_000).map(|_| unsafe { gil_malloc(MEM, 64) }).collect();
+    let ps: Vec<_> = (0..20_000)
+        .map(|_| unsafe { gil_malloc(MEM, 64) })
+        .collect();
     for p in ps {
         unsafe { gil_free(p) };
     }
@@ -231,7 +268,10 @@ fn peaks_are_sampled_and_reset() {
     assert_eq!(t.bytes_in_use, base);
     // 1.25 MB went through: sampled at least every 64 KiB of pages made available.
     let rise = t.peak_bytes_in_use - base;
-    assert!(rise >= 20_000 * 64 - stats::SAMPLE_EVERY - 64 * 1024, "peak rose by {rise}");
+    assert!(
+        rise >= 20_000 * 64 - stats::SAMPLE_EVERY - 64 * 1024,
+        "peak rose by {rise}"
+    );
     reset_peak();
     assert_eq!(domain_totals()[MEM].peak_bytes_in_use, base);
 }
@@ -244,13 +284,19 @@ fn zero_sizes_and_absurd_sizes() {
     assert!(!a.is_null() && !b.is_null() && a != b);
     assert!(raw_malloc(usize::MAX).is_null());
     assert!(raw_malloc(isize::MAX as usize + 1).is_null());
-    assert!(raw_calloc(usize::MAX / 2, 3).is_null(), "calloc overflow must fail");
+    assert!(
+        raw_calloc(usize::MAX / 2, 3).is_null(),
+        "calloc overflow must fail"
+    );
     assert!(raw_calloc(1 << 40, 1 << 40).is_null());
     unsafe {
         assert!(gil_malloc(MEM, usize::MAX - 8).is_null());
         let c = raw_realloc(a, 0);
         assert!(!c.is_null());
-        assert!(raw_realloc(c, usize::MAX).is_null(), "failed realloc returns null");
+        assert!(
+            raw_realloc(c, usize::MAX).is_null(),
+            "failed realloc returns null"
+        );
         *c = 9; // and leaves the block valid
         raw_free(c);
         raw_free(b);
@@ -260,8 +306,28 @@ fn zero_sizes_and_absurd_sizes() {
 #[test]
 fn realloc_across_every_kind_keeps_contents() {
     let _g = serial();
-    let sizes = [1, 16, 17, 500, 512, 513, 3000, SMALL_MAX, SMALL_MAX + 1, 300_000, LARGE_MAX,
-        LARGE_MAX + 1, 10 << 20, 30 << 20, 5 << 20, 100_000, 700, 24, 0, 64];
+    let sizes = [
+        1,
+        16,
+        17,
+        500,
+        512,
+        513,
+        3000,
+        SMALL_MAX,
+        SMALL_MAX + 1,
+        300_000,
+        LARGE_MAX,
+        LARGE_MAX + 1,
+        10 << 20,
+        30 << 20,
+        5 << 20,
+        100_000,
+        700,
+        24,
+        0,
+        64,
+    ];
     let mut p = raw_malloc(0);
     let mut len = 0usize;
     for (i, &size) in sizes.iter().enumerate() {
@@ -410,7 +476,11 @@ fn exited_threads_heaps_are_adopted_not_multiplied() {
     }
     let (created, _) = raw_heap::heap_counts();
     // 800 threads, at most 4 (plus the test harness's own) alive at once.
-    assert!(created - created_before <= 16, "{} heaps for 800 threads", created - created_before);
+    assert!(
+        created - created_before <= 16,
+        "{} heaps for 800 threads",
+        created - created_before
+    );
 }
 
 #[test]
@@ -447,7 +517,9 @@ fn trim_returns_free_os_pages_inside_partly_used_pages() {
     let r0 = resident();
     // 64 MiB of 48-byte blocks (83 per OS page), one in 500 kept: most OS pages hold none.
     let n = (64 << 20) / 48;
-    let mut all: Vec<usize> = (0..n).map(|_| unsafe { gil_malloc(OBJ, 40) } as usize).collect();
+    let mut all: Vec<usize> = (0..n)
+        .map(|_| unsafe { gil_malloc(OBJ, 40) } as usize)
+        .collect();
     for (i, &p) in all.iter().enumerate() {
         fill(p as *mut u8, 40, i as u8);
     }
@@ -464,7 +536,12 @@ fn trim_returns_free_os_pages_inside_partly_used_pages() {
     let returned = unsafe { trim() };
     let r2 = resident();
     assert!(returned >= 40 << 20, "trim returned {returned} bytes");
-    assert!(r2 < r0 + (20 << 20), "resident {} MiB after trim (was {} before)", r2 >> 20, r0 >> 20);
+    assert!(
+        r2 < r0 + (20 << 20),
+        "resident {} MiB after trim (was {} before)",
+        r2 >> 20,
+        r0 >> 20
+    );
     for &(p, seed) in &kept {
         check(p as *mut u8, 40, seed);
     }
@@ -472,7 +549,11 @@ fn trim_returns_free_os_pages_inside_partly_used_pages() {
     // Purged blocks come back: allocate the same amount again, zeroed where calloc'd.
     let again: Vec<usize> = (0..n)
         .map(|i| unsafe {
-            if i % 2 == 0 { gil_calloc(OBJ, 1, 40) } else { gil_malloc(OBJ, 40) }
+            if i % 2 == 0 {
+                gil_calloc(OBJ, 1, 40)
+            } else {
+                gil_malloc(OBJ, 40)
+            }
         } as usize)
         .collect();
     for (i, &p) in again.iter().enumerate() {
@@ -501,15 +582,23 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
     purge::configure(true, 20, 0);
     unsafe { trim() };
     let before = purge::PURGED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
-    let ps: Vec<usize> = (0..200_000).map(|_| unsafe { gil_malloc(MEM, 100) } as usize).collect();
+    let ps: Vec<usize> = (0..200_000)
+        .map(|_| unsafe { gil_malloc(MEM, 100) } as usize)
+        .collect();
     for p in ps {
         unsafe { gil_free(p as *mut u8) };
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
     // Go on allocating: some slow path passes the delay and purges.
-    let more: Vec<usize> = (0..20_000).map(|_| unsafe { gil_malloc(MEM, 300) } as usize).collect();
+    let more: Vec<usize> = (0..20_000)
+        .map(|_| unsafe { gil_malloc(MEM, 300) } as usize)
+        .collect();
     let after = purge::PURGED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
-    assert!(after - before >= 10 << 20, "automatic purge gave back {} bytes", after - before);
+    assert!(
+        after - before >= 10 << 20,
+        "automatic purge gave back {} bytes",
+        after - before
+    );
     for p in more {
         unsafe { gil_free(p as *mut u8) };
     }
