@@ -213,9 +213,14 @@ fn hand_over(h: *mut RawHeap) {
     }
     set_thread_heap(DEAD);
     // SAFETY: `h` is this thread's heap; after the store below another thread may adopt it,
-    // so nothing touches it after that.
+    // so nothing touches it after that. Draining changes the heap like any call, so it is marked
+    // busy: a fork meanwhile must poison the heap in the child, not hand it out half-updated
+    // (found by the loom model of the fork handler's view).
     unsafe {
+        (*h).busy.store(true, Relaxed);
+        fence(Release);
         heap::collect_remote(h as *mut Heap);
+        (*h).busy.store(false, Release);
         (*h).state.store(ABANDONED, Release);
     }
 }
