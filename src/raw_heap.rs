@@ -301,7 +301,11 @@ pub fn trim() -> usize {
                     .compare_exchange(ABANDONED, OWNED, Acquire, Relaxed)
                     .is_ok()
             {
+                // Busy while purging, as any call on a heap (see `hand_over`).
+                (*h).busy.store(true, Relaxed);
+                fence(Release);
                 bytes += heap::purge(h as *mut Heap, Mode::Trim);
+                (*h).busy.store(false, Release);
                 (*h).state.store(ABANDONED, Release);
             }
             h = (*h).next_in_registry;
