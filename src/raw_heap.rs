@@ -153,23 +153,27 @@ fn lock_fallback() {
     }
 }
 
+/// Make `h` ours if it is abandoned (ABANDONED -> OWNED); false if it is not, or another thread
+/// took it first.
+fn take_abandoned(h: *mut RawHeap) -> bool {
+    // SAFETY: `h` is a registry entry, never freed; its state is an atomic.
+    let state = unsafe { &(*h).state };
+    state.load(Relaxed) == ABANDONED
+        && state
+            .compare_exchange(ABANDONED, OWNED, Acquire, Relaxed)
+            .is_ok()
+}
+
 /// Adopt an abandoned heap, or create one.
 fn acquire() -> *mut RawHeap {
     init();
     let mut h = REGISTRY.load(Acquire);
     while !h.is_null() {
-        // SAFETY: registry entries are never freed.
-        unsafe {
-            if (*h).state.load(Relaxed) == ABANDONED
-                && (*h)
-                    .state
-                    .compare_exchange(ABANDONED, OWNED, Acquire, Relaxed)
-                    .is_ok()
-            {
-                return h;
-            }
-            h = (*h).next_in_registry;
+        if take_abandoned(h) {
+            return h;
         }
+        // SAFETY: registry entries are never freed.
+        h = unsafe { (*h).next_in_registry };
     }
     create(OWNED)
 }
@@ -292,15 +296,10 @@ pub fn trim() -> usize {
     }
     let mut h = REGISTRY.load(Acquire);
     while !h.is_null() {
-        // SAFETY: registry entries are never freed; a heap we move from ABANDONED to OWNED is
-        // ours alone until we hand it back.
+        // SAFETY: registry entries are never freed; a heap `take_abandoned` gives us is ours
+        // alone until we hand it back.
         unsafe {
-            if (*h).state.load(Relaxed) == ABANDONED
-                && (*h)
-                    .state
-                    .compare_exchange(ABANDONED, OWNED, Acquire, Relaxed)
-                    .is_ok()
-            {
+            if take_abandoned(h) {
                 // Busy while purging, as any call on a heap (see `hand_over`).
                 (*h).busy.store(true, Relaxed);
                 fence(Release);
