@@ -94,14 +94,24 @@ fn instructions_per_call(variant: &str, pattern: &str) -> Option<f64> {
                 &format!("--callgrind-out-file={}", out_file.display()),
             ])
             .arg(&exe)
-            .env("RUSTMALLOC_STATS_COST_ONE", format!("{variant}:{pattern}:{n}"))
+            .env(
+                "RUSTMALLOC_STATS_COST_ONE",
+                format!("{variant}:{pattern}:{n}"),
+            )
             .output()
             .ok()?;
         let _ = std::fs::remove_file(&out_file);
         let text = String::from_utf8_lossy(&out.stderr);
         // "==123== Collected : 123456"
         let line = text.lines().find(|l| l.contains("Collected :"))?;
-        ir.push(line.rsplit(':').next()?.trim().replace(',', "").parse::<f64>().ok()?);
+        ir.push(
+            line.rsplit(':')
+                .next()?
+                .trim()
+                .replace(',', "")
+                .parse::<f64>()
+                .ok()?,
+        );
     }
     Some((ir[1] - ir[0]) / (2 * (large - small)) as f64)
 }
@@ -116,12 +126,21 @@ fn main() {
     let sizes = sizes(n);
     let mut ptrs = vec![std::ptr::null_mut(); n];
     let mut results = Vec::new();
-    for (name, run) in [("immediate pairs, 32 B", 0usize), ("batches of 100k, 16..128 B", 1)] {
+    for (name, run) in [
+        ("immediate pairs, 32 B", 0usize),
+        ("batches of 100k, 16..128 B", 1),
+    ] {
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS + 1 {
             let (a, b) = match run {
-                0 => (pairs::<true>(with, 32, 2_000_000), pairs::<false>(without, 32, 2_000_000)),
-                _ => (batch::<true>(with, &mut ptrs, &sizes), batch::<false>(without, &mut ptrs, &sizes)),
+                0 => (
+                    pairs::<true>(with, 32, 2_000_000),
+                    pairs::<false>(without, 32, 2_000_000),
+                ),
+                _ => (
+                    batch::<true>(with, &mut ptrs, &sizes),
+                    batch::<false>(without, &mut ptrs, &sizes),
+                ),
             };
             if round > 0 {
                 // round 0 warms both heaps up

@@ -38,6 +38,8 @@ pub mod stats;
 mod bench;
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod stress;
 
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;

@@ -678,6 +678,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_heap_counts, m)?)?;
     m.add_function(wrap_pyfunction!(py_owns, m)?)?;
     crate::bench::register(m)?;
+    crate::stress::register(m)?;
     m.add("SMALL_MAX", crate::size_class::SMALL_MAX)?;
     m.add("LARGE_MAX", crate::segment::LARGE_MAX)?;
     Ok(())
