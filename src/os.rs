@@ -132,7 +132,13 @@ pub fn resident_bytes(p: *mut u8, size: usize) -> Option<usize> {
     while off < size {
         let chunk = (size - off).min(vec.len() * ps);
         // SAFETY: mincore only reads the page tables; `vec` has room for chunk / ps entries.
-        let r = unsafe { libc::mincore(p.wrapping_add(off) as *mut libc::c_void, chunk, vec.as_mut_ptr()) };
+        let r = unsafe {
+            libc::mincore(
+                p.wrapping_add(off) as *mut libc::c_void,
+                chunk,
+                vec.as_mut_ptr(),
+            )
+        };
         if r != 0 {
             return None;
         }
