@@ -21,10 +21,10 @@
 //! Finding: `thread_exit` drains the remote stack (`heap::collect_remote`, which changes pages,
 //! page queues and segments) without setting `busy`. A fork at that moment leaves the heap
 //! `OWNED` and not busy in the child, so `fork_child` marks it ABANDONED and the child's next
-//! thread adopts a half-updated heap. `fork_during_thread_exit_as_written` shows it (it expects
+//! thread adopts a half-updated heap. `fork_during_thread_exit_before_fix` shows it (it expects
 //! the model's assertion to fire); `fork_during_thread_exit_with_busy` shows that setting `busy`
-//! around that drain (as `with_heap` does) removes it. When `raw_heap.rs` is fixed, the first
-//! model must change to the fixed protocol (and drop `should_panic`).
+//! around that drain (as `with_heap` does) removes it. `raw_heap.rs` now does exactly that (the
+//! fix followed this finding); the before-fix model stays as a control that loom must catch.
 
 use loom::sync::{Arc, Mutex};
 use loom::thread;
@@ -95,13 +95,14 @@ fn collect_one(w: &Shared, h: usize) {
     step(w, |w| w.heaps[h].b += 1);
 }
 
-/// `thread_exit` as `raw_heap.rs` has it: drain the remote stack, then abandon.
-fn thread_exit_as_written(w: &Shared, h: usize) {
+/// `thread_exit` as `raw_heap.rs` had it before the fix: drain the remote stack, then abandon.
+fn thread_exit_before_fix(w: &Shared, h: usize) {
     collect_one(w, h);
     step(w, |w| w.heaps[h].state = State::Abandoned);
 }
 
-/// `thread_exit` with the drain under `busy`, as `with_heap` does for every call.
+/// `thread_exit` with the drain under `busy`, as `with_heap` does for every call: what
+/// `raw_heap::hand_over` does now.
 fn thread_exit_with_busy(w: &Shared, h: usize) {
     step(w, |w| w.heaps[h].busy = true);
     collect_one(w, h);
@@ -220,17 +221,17 @@ fn fork_during_thread_exit_with_busy() {
     });
 }
 
-/// The same with `thread_exit` as written in `raw_heap.rs` (no `busy` around its drain): a fork in
-/// the middle of the drain hands a half-updated heap to the child. This model is expected to fail
-/// its check until `raw_heap.rs` is fixed (see the module doc).
+/// The same with `thread_exit` as `raw_heap.rs` had it before the fix (no `busy` around its
+/// drain): a fork in the middle of the drain hands a half-updated heap to the child. A control:
+/// loom must catch it (see the module doc).
 #[test]
 #[should_panic(expected = "half-updated heap adopted in the child")]
-fn fork_during_thread_exit_as_written() {
+fn fork_during_thread_exit_before_fix() {
     loom::model(|| {
         let w = world(1);
         let t1 = {
             let w = w.clone();
-            thread::spawn(move || thread_exit_as_written(&w, 0))
+            thread::spawn(move || thread_exit_before_fix(&w, 0))
         };
         let child = fork(&w, 1, Handlers::AsWritten);
         check_child(&child);
