@@ -18,7 +18,8 @@ class Config:
     name: str
     description: str
     env: Dict[str, str] = field(default_factory=dict)
-    #: None, "install" (rustmalloc.install()) or "forward" (rustmalloc._install_forward_only())
+    #: None, "install" (rustmalloc.install()), "check" (rustmalloc.install(check=True)) or
+    #: "forward" (rustmalloc._install_forward_only())
     install: Optional[str] = None
     #: A peer: the allocators rustmalloc's goals are measured against.
     peer: bool = True
@@ -67,6 +68,14 @@ def all_configs() -> Tuple[List[Config], List[str]]:
         )
     configs.append(
         Config("rustmalloc", "rustmalloc.install() as the worker's first statement (all three domains)", install="install", peer=False)
+    )
+    configs.append(
+        Config(
+            "rustmalloc-check",
+            "rustmalloc.install(check=True): the checking mode (canaries, fill patterns, quarantine), to measure its cost",
+            install="check",
+            peer=False,
+        )
     )
     configs.append(
         Config(

@@ -17,10 +17,12 @@ if _INSTALL:
 
     if _INSTALL == "install":
         rustmalloc.install()
+    elif _INSTALL == "check":
+        rustmalloc.install(check=True)
     elif _INSTALL == "forward":
         rustmalloc._install_forward_only()
     else:
-        raise SystemExit(f"RMBENCH_INSTALL={_INSTALL!r}: expected 'install' or 'forward'")
+        raise SystemExit(f"RMBENCH_INSTALL={_INSTALL!r}: expected 'install', 'check' or 'forward'")
 
 import argparse  # noqa: E402  (after the install, on purpose)
 import ctypes  # noqa: E402

@@ -268,11 +268,28 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     if size > isize::MAX as usize {
         return null_mut();
     }
-    let p = huge_alloc(size, domain as u8);
+    let mut p = huge_alloc(size, domain as u8);
+    if p.is_null() && release_before_failing(h) {
+        p = huge_alloc(size, domain as u8);
+    }
     if !p.is_null() {
         count_large_alloc(h, domain, segment::huge_rounded(size));
     }
     p
+}
+
+/// The OS refused a mapping (out of memory, or `RLIMIT_AS`): before failing, give back what can
+/// be given — this heap's empty segments and free pages, and what `crate::release_elsewhere`
+/// reaches — and say whether anything was, so the caller retries once. Empty segments stay
+/// mapped between purge passes, so after a large structure is freed in one heap, another heap
+/// may find the address space taken by them.
+///
+/// # Safety
+/// The caller is `h`'s owner, at a point where `h` is consistent (no page half set up).
+#[cold]
+unsafe fn release_before_failing(h: *mut Heap) -> bool {
+    let here = purge(h, Mode::Trim);
+    here + crate::release_elsewhere(h) > 0
 }
 
 /// Take `count` contiguous free pages from one of the heap's segments, mapping a new segment
@@ -296,7 +313,10 @@ unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
         }
         seg = (*seg).next;
     }
-    let seg = segment::new_segment(h);
+    let mut seg = segment::new_segment(h);
+    if seg.is_null() && release_before_failing(h) {
+        seg = segment::new_segment(h);
+    }
     if seg.is_null() {
         return null_mut();
     }

@@ -178,6 +178,22 @@ pub unsafe fn trim() -> usize {
     bytes + heap::purge(h, purge::Mode::Trim)
 }
 
+/// After the OS refused a mapping to heap `h`: give back what other heaps hold that this thread
+/// may touch. From the GIL heap (the GIL is held) that is the calling thread's RAW heap and the
+/// abandoned ones (`raw_heap::trim`, which also asks live heaps to purge soon); from a RAW heap,
+/// the abandoned ones only (its own is being used, and the GIL heap needs the GIL). Returns the
+/// bytes given back.
+///
+/// # Safety
+/// `h` is the caller's heap, as for `heap::alloc`.
+pub(crate) unsafe fn release_elsewhere(h: *mut Heap) -> usize {
+    if h == gil_heap() {
+        raw_heap::trim()
+    } else {
+        raw_heap::trim_abandoned(false)
+    }
+}
+
 /// Restart every peak (per domain and overall) from the current live figures.
 pub fn reset_peak() {
     // SAFETY: as in `summary`.

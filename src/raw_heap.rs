@@ -283,8 +283,7 @@ pub fn for_each_counters(mut f: impl FnMut(&Counters)) {
 /// bytes given back by the heaps purged here.
 pub fn trim() -> usize {
     use crate::purge::{Mode, TRIM_EPOCH};
-    TRIM_EPOCH.fetch_add(1, Relaxed);
-    let mut bytes = 0;
+    let mut bytes = trim_abandoned(true); // bumps the epoch first: our own heap is purged below
     let mine = thread_heap();
     if mine as usize > DEAD as usize {
         // SAFETY: our own heap; `with_heap` marks it busy for fork safety.
@@ -294,6 +293,16 @@ pub fn trim() -> usize {
         })
         .unwrap_or(0);
     }
+    bytes
+}
+
+/// Purge every abandoned heap now (adopting each for the duration), and the fallback heap if
+/// `with_fallback_heap` (never from inside the fallback heap: its lock is not reentrant); ask
+/// every live heap to purge on its next slow path. Returns the bytes given back.
+pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
+    use crate::purge::{Mode, TRIM_EPOCH};
+    TRIM_EPOCH.fetch_add(1, Relaxed);
+    let mut bytes = 0;
     let mut h = REGISTRY.load(Acquire);
     while !h.is_null() {
         // SAFETY: registry entries are never freed; a heap `take_abandoned` gives us is ours
@@ -310,7 +319,7 @@ pub fn trim() -> usize {
             h = (*h).next_in_registry;
         }
     }
-    if !FALLBACK.load(Acquire).is_null() {
+    if with_fallback_heap && !FALLBACK.load(Acquire).is_null() {
         // SAFETY: under the fallback lock.
         bytes += with_fallback(|h| unsafe { heap::purge(h, Mode::Trim) }).unwrap_or(0);
     }

@@ -155,7 +155,10 @@ struct Errors {
 
 impl Errors {
     fn new() -> Errors {
-        Errors { count: AtomicU64::new(0), first: Mutex::new(None) }
+        Errors {
+            count: AtomicU64::new(0),
+            first: Mutex::new(None),
+        }
     }
     fn report(&self, msg: impl FnOnce() -> String) {
         if self.count.fetch_add(1, Relaxed) == 0 {
@@ -163,7 +166,10 @@ impl Errors {
         }
     }
     fn result(&self) -> (u64, Option<String>) {
-        (self.count.load(Relaxed), self.first.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        (
+            self.count.load(Relaxed),
+            self.first.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        )
     }
 }
 
@@ -187,7 +193,12 @@ fn raw_free(p: usize) {
 /// Verify and free a block.
 fn release(e: &Errors, b: Blk, what: &str) {
     if let Err(at) = check(b, b.n) {
-        e.report(|| format!("{what}: block {:#x} id {} size {} corrupted at offset {at}", b.p, b.id, b.n));
+        e.report(|| {
+            format!(
+                "{what}: block {:#x} id {} size {} corrupted at offset {at}",
+                b.p, b.id, b.n
+            )
+        });
     }
     raw_free(b.p);
 }
@@ -196,7 +207,12 @@ fn release(e: &Errors, b: Blk, what: &str) {
 fn alloc(e: &Errors, n: usize, zeroed: bool, id: u64) -> Option<Blk> {
     let p = if zeroed { raw_calloc(n) } else { raw_malloc(n) };
     if p == 0 {
-        e.report(|| format!("{} returned NULL (size {n})", if zeroed { "calloc" } else { "malloc" }));
+        e.report(|| {
+            format!(
+                "{} returned NULL (size {n})",
+                if zeroed { "calloc" } else { "malloc" }
+            )
+        });
         return None;
     }
     if p % 16 != 0 {
@@ -216,7 +232,12 @@ fn alloc(e: &Errors, n: usize, zeroed: bool, id: u64) -> Option<Blk> {
 /// block stays as it was.
 fn resize(e: &Errors, b: &mut Blk, m: usize) -> bool {
     if let Err(at) = check(*b, b.n) {
-        e.report(|| format!("before realloc: block {:#x} id {} size {} corrupted at offset {at}", b.p, b.id, b.n));
+        e.report(|| {
+            format!(
+                "before realloc: block {:#x} id {} size {} corrupted at offset {at}",
+                b.p, b.id, b.n
+            )
+        });
     }
     // SAFETY: `b.p` is a live RAW block this thread holds.
     let q = unsafe { ffi::PyMem_RawRealloc(b.p as *mut c_void, m) } as usize;
@@ -227,11 +248,24 @@ fn resize(e: &Errors, b: &mut Blk, m: usize) -> bool {
     if q % 16 != 0 {
         e.report(|| format!("realloc result {q:#x} (size {m}) not 16-byte aligned"));
     }
-    let moved = Blk { p: q, n: b.n, id: b.id };
+    let moved = Blk {
+        p: q,
+        n: b.n,
+        id: b.id,
+    };
     if let Err(at) = check(moved, b.n.min(m)) {
-        e.report(|| format!("realloc {:#x} -> {q:#x} (size {} -> {m}) lost contents at offset {at}", b.p, b.n));
+        e.report(|| {
+            format!(
+                "realloc {:#x} -> {q:#x} (size {} -> {m}) lost contents at offset {at}",
+                b.p, b.n
+            )
+        });
     }
-    *b = Blk { p: q, n: m, id: b.id };
+    *b = Blk {
+        p: q,
+        n: m,
+        id: b.id,
+    };
     fill(*b);
     true
 }
@@ -258,7 +292,10 @@ impl Stress {
         }
         match self.deadline {
             Some(d) => Instant::now() < d,
-            None => self.left.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok(),
+            None => self
+                .left
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
         }
     }
 
@@ -337,7 +374,12 @@ fn worker(s: &Stress, t: usize, nslots: usize, lifetime: u64, seed: u64) {
                 }
                 _ => {
                     if let Err(at) = check(b, b.n) {
-                        e.report(|| format!("received block {:#x} id {} size {} corrupted at offset {at}", b.p, b.id, b.n));
+                        e.report(|| {
+                            format!(
+                                "received block {:#x} id {} size {} corrupted at offset {at}",
+                                b.p, b.id, b.n
+                            )
+                        });
                     }
                     live.push(b);
                 }
@@ -355,7 +397,13 @@ fn worker(s: &Stress, t: usize, nslots: usize, lifetime: u64, seed: u64) {
     }
 }
 
-fn run_stress(threads: usize, iters: u64, lifetime: u64, seed: u64, seconds: f64) -> (u64, u64, Option<String>) {
+fn run_stress(
+    threads: usize,
+    iters: u64,
+    lifetime: u64,
+    seed: u64,
+    seconds: f64,
+) -> (u64, u64, Option<String>) {
     let s = Arc::new(Stress {
         errors: Errors::new(),
         boxes: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
@@ -376,7 +424,8 @@ fn run_stress(threads: usize, iters: u64, lifetime: u64, seed: u64, seconds: f64
         match spawn(t, 0) {
             Ok(h) => slots.push(Some(h)),
             Err(err) => {
-                s.errors.report(|| format!("could not start a thread: {err}"));
+                s.errors
+                    .report(|| format!("could not start a thread: {err}"));
                 slots.push(None);
             }
         }
@@ -442,7 +491,9 @@ fn _stress_raw(
     seconds: f64,
 ) -> PyResult<(u64, u64, Option<String>)> {
     if threads == 0 || threads > 256 {
-        return Err(pyo3::exceptions::PyValueError::new_err("threads must be in 1..=256"));
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "threads must be in 1..=256",
+        ));
     }
     Ok(py.detach(move || run_stress(threads, iters, lifetime, seed, seconds)))
 }
@@ -456,7 +507,11 @@ static KEYS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 static TLS_ERRORS: Mutex<Option<Arc<Errors>>> = Mutex::new(None);
 
 fn tls_report(msg: impl FnOnce() -> String) {
-    if let Some(e) = TLS_ERRORS.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(e) = TLS_ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
         e.report(msg);
     }
 }
@@ -467,7 +522,12 @@ extern "C" fn tls_destructor(value: *mut c_void) {
     // SAFETY: the value was set by `short_worker` to a live RAW block holding a `Blk`.
     let b = unsafe { (value as *const Blk).read() };
     if let Err(at) = check(b, b.n) {
-        tls_report(|| format!("block {:#x} (size {}) corrupted at offset {at} at thread exit", b.p, b.n));
+        tls_report(|| {
+            format!(
+                "block {:#x} (size {}) corrupted at offset {at} at thread exit",
+                b.p, b.n
+            )
+        });
     }
     raw_free(b.p);
     let p = raw_malloc(200);
@@ -483,7 +543,10 @@ extern "C" fn tls_destructor(value: *mut c_void) {
             raw_free(p);
         } else {
             // SAFETY: 5000 bytes, the first 200 kept.
-            if unsafe { core::slice::from_raw_parts(q as *const u8, 200) }.iter().any(|&x| x != 0x5A) {
+            if unsafe { core::slice::from_raw_parts(q as *const u8, 200) }
+                .iter()
+                .any(|&x| x != 0x5A)
+            {
                 tls_report(|| "realloc in a TLS destructor lost contents".to_string());
             }
             raw_free(q);
@@ -503,7 +566,10 @@ fn _stress_make_tls_key() -> bool {
     if unsafe { libc::pthread_key_create(&mut key, Some(tls_destructor)) } != 0 {
         return false;
     }
-    KEYS.iter().any(|k| k.compare_exchange(0, key as usize + 1, AcqRel, Relaxed).is_ok())
+    KEYS.iter().any(|k| {
+        k.compare_exchange(0, key as usize + 1, AcqRel, Relaxed)
+            .is_ok()
+    })
 }
 
 fn short_worker(e: &Errors, i: u64, handed: &Mutex<Vec<Option<Blk>>>) {
@@ -533,7 +599,9 @@ fn short_worker(e: &Errors, i: u64, handed: &Mutex<Vec<Option<Blk>>>) {
             e.report(|| "malloc returned NULL (TLS holder)".to_string());
             continue;
         }
-        let Some(b) = alloc(e, 100 + (i % 3000) as usize, false, (i << 20) | 1000) else { continue };
+        let Some(b) = alloc(e, 100 + (i % 3000) as usize, false, (i << 20) | 1000) else {
+            continue;
+        };
         // SAFETY: `holder` is a fresh block large enough for a `Blk`; RAW blocks are 16-aligned.
         unsafe {
             (holder as *mut Blk).write(b);
@@ -547,9 +615,16 @@ fn short_worker(e: &Errors, i: u64, handed: &Mutex<Vec<Option<Blk>>>) {
 /// (`_stress_make_tls_key`). Returns (threads run, errors, first error).
 #[pyfunction]
 #[pyo3(signature = (total=1500, batch=32, seed=1))]
-fn _stress_thread_churn(py: Python<'_>, total: u64, batch: usize, seed: u64) -> PyResult<(u64, u64, Option<String>)> {
+fn _stress_thread_churn(
+    py: Python<'_>,
+    total: u64,
+    batch: usize,
+    seed: u64,
+) -> PyResult<(u64, u64, Option<String>)> {
     if batch == 0 || batch > 4096 {
-        return Err(pyo3::exceptions::PyValueError::new_err("batch must be in 1..=4096"));
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "batch must be in 1..=4096",
+        ));
     }
     Ok(py.detach(move || {
         let e = Arc::new(Errors::new());
