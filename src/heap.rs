@@ -727,8 +727,14 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
 pub unsafe fn check_invariants(h: *mut Heap) {
     let mut seg = (*h).segments;
     let mut empty = 0;
+    let mut prev_seg: *mut SegmentHeader = null_mut();
+    let mut seen = 0usize;
     while !seg.is_null() {
         assert!((*seg).in_list && (*seg).owner == h && (*seg).free_pages != 0);
+        assert_eq!((*seg).prev, prev_seg, "segment list: broken prev link");
+        seen += 1;
+        assert!(seen <= 1 << 22, "segment list: cycle");
+        prev_seg = seg;
         assert_eq!(
             (*seg).used_pages as usize + (*seg).free_pages.count_ones() as usize,
             segment::PAGES_PER_SEGMENT - 1
