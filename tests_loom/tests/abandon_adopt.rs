@@ -253,7 +253,7 @@ fn exit_adopt_and_remote_free() {
 /// With the abandoning store `Relaxed`, an adopter's access to the heap races with the old
 /// owner's last writes: loom must report it.
 #[test]
-#[should_panic]
+#[should_panic(expected = "Causality violation")]
 fn relaxed_abandon_is_caught() {
     exit_adopt_remote_free(Relaxed);
 }

@@ -175,7 +175,7 @@ fn two_freers_two_blocks_each_owner_collecting() {
 /// The same protocol with a `Relaxed` push: the owner's read of a block's link or contents is then
 /// a data race, which loom must report.
 #[test]
-#[should_panic]
+#[should_panic(expected = "Causality violation")]
 fn relaxed_push_is_caught() {
     model(Relaxed, [&[0], &[1]]);
 }
