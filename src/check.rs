@@ -22,7 +22,7 @@
 //! `QUARANTINE_MAX_BLOCK` are checked but not quarantined. Purging never touches quarantined
 //! blocks (they are on no free list), so it cannot erase what the checks rely on.
 
-use crate::{owns, usable_size};
+use crate::usable_size;
 use core::fmt::Write;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
@@ -50,9 +50,8 @@ static Q_HEAD: AtomicUsize = AtomicUsize::new(0);
 static Q_BYTES: AtomicUsize = AtomicUsize::new(0);
 static Q_LOCK: AtomicBool = AtomicBool::new(false);
 
-/// How a block was freed: what the hooks know of the call.
+/// The call that hands a block to the checks (its function is named in reports).
 pub struct Call {
-    pub domain: usize,
     pub function: &'static str,
 }
 
@@ -276,11 +275,4 @@ pub unsafe fn realloc(
     core::ptr::copy_nonoverlapping(p, q, old.min(n));
     free(p, call, free_fn);
     q
-}
-
-/// Whether `p` can be checked: ours, and allocated after the checking mode was fixed (always,
-/// since the mode is fixed at the first install, before any block of ours exists).
-#[inline]
-pub fn checkable(p: *const u8) -> bool {
-    owns(p)
 }

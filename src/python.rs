@@ -225,7 +225,6 @@ macro_rules! checking {
             }
             let raw = $domain == RAW || ($gil && gil_missing($names[2]));
             let call = crate::check::Call {
-                domain: $domain,
                 function: $names[2],
             };
             // SAFETY: `p` is ours; `free_for` routes each block to its owner.
@@ -248,7 +247,6 @@ macro_rules! checking {
             }
             let raw = $domain == RAW || ($gil && gil_missing($names[3]));
             let call = crate::check::Call {
-                domain: $domain,
                 function: $names[3],
             };
             // SAFETY: as above.

@@ -388,11 +388,9 @@ pub unsafe fn purge_page(page: *mut Page) -> usize {
     }
     let bs = (*page).block_size as usize;
     let start = (*page).start as usize;
-    let carved_end = (*page).capacity as usize * bs;
     // Free bytes per OS page, from the free blocks on the list. Never-carved space does not
     // count: carving it later would list blocks of a purged OS page twice (see `unpurge_page`).
     let mut free_bytes = [0usize; 16];
-    let _ = carved_end;
     let mut b = (*page).free;
     while !b.is_null() {
         let lo = b as usize - start;
