@@ -92,15 +92,23 @@ pub fn with_heap<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
     let h = thread_heap();
     if h as usize > DEAD as usize {
         // SAFETY: a heap in the thread slot is OWNED by this thread.
-        unsafe {
-            (*h).busy.store(true, Relaxed);
-            fence(Release); // the child of a fork must never see our writes without `busy`
-            let r = f(h as *mut Heap);
-            (*h).busy.store(false, Release);
-            return Some(r);
-        }
+        return Some(unsafe { while_busy(h, f) });
     }
     with_heap_slow(h, f)
+}
+
+/// Run `f` on heap `h` with its `busy` flag set: every change to a heap happens inside this,
+/// so the child of a fork poisons a heap caught mid-change instead of handing it out.
+///
+/// # Safety
+/// The caller owns `h` (it is OWNED by this thread, or taken by `take_abandoned`).
+#[inline(always)]
+unsafe fn while_busy<R>(h: *mut RawHeap, f: impl FnOnce(*mut Heap) -> R) -> R {
+    (*h).busy.store(true, Relaxed);
+    fence(Release); // the child of a fork must never see our writes without `busy`
+    let r = f(h as *mut Heap);
+    (*h).busy.store(false, Release);
+    r
 }
 
 #[cold]
@@ -217,14 +225,11 @@ fn hand_over(h: *mut RawHeap) {
     }
     set_thread_heap(DEAD);
     // SAFETY: `h` is this thread's heap; after the store below another thread may adopt it,
-    // so nothing touches it after that. Draining changes the heap like any call, so it is marked
+    // so nothing touches it after that. Draining changes the heap like any call, so it runs
     // busy: a fork meanwhile must poison the heap in the child, not hand it out half-updated
     // (found by the loom model of the fork handler's view).
     unsafe {
-        (*h).busy.store(true, Relaxed);
-        fence(Release);
-        heap::collect_remote(h as *mut Heap);
-        (*h).busy.store(false, Release);
+        while_busy(h, |h| heap::collect_remote(h));
         (*h).state.store(ABANDONED, Release);
     }
 }
@@ -309,11 +314,7 @@ pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
         // alone until we hand it back.
         unsafe {
             if take_abandoned(h) {
-                // Busy while purging, as any call on a heap (see `hand_over`).
-                (*h).busy.store(true, Relaxed);
-                fence(Release);
-                bytes += heap::purge(h as *mut Heap, Mode::Trim);
-                (*h).busy.store(false, Release);
+                bytes += while_busy(h, |h| heap::purge(h, Mode::Trim));
                 (*h).state.store(ABANDONED, Release);
             }
             h = (*h).next_in_registry;
