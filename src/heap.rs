@@ -351,15 +351,25 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
             // indexes the flattened `frees` array in bounds.
             (*h).counters.free_counter((*page).counter as usize).add(1);
         }
-        *(p as *mut *mut u8) = (*page).free;
-        (*page).free = p;
-        (*page).used -= 1;
-        if (*page).used == 0 || (*page).full {
-            page_became_free_or_unfull(h, page);
-        }
+        push_free(h, page, p);
         return;
     }
     free_slow(h, seg, page, p);
+}
+
+/// Put block `p` back on its small page's free list (the one place that does): the page
+/// leaves the "full" state, or goes back to its segment when its last block is freed.
+///
+/// # Safety
+/// The caller is `h`'s owner; `p` is a live block of `page`, a small page of `h`.
+#[inline(always)]
+unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
+    *(p as *mut *mut u8) = (*page).free;
+    (*page).free = p;
+    (*page).used -= 1;
+    if (*page).used == 0 || (*page).full {
+        page_became_free_or_unfull(h, page);
+    }
 }
 
 /// # Safety
@@ -432,12 +442,7 @@ pub unsafe fn collect_remote(h: *mut Heap) {
 /// The caller is `h`'s owner; `p` is a live block of `page`, a page of `h`.
 unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
     if (*page).kind == PageKind::Small {
-        *(p as *mut *mut u8) = (*page).free;
-        (*page).free = p;
-        (*page).used -= 1;
-        if (*page).used == 0 || (*page).full {
-            page_became_free_or_unfull(h, page);
-        }
+        push_free(h, page, p);
     } else {
         release_pages(h, page);
     }
