@@ -45,15 +45,11 @@ def _print_stats(title: str) -> None:
 
 
 def report_text(title: str) -> str:
-    """The statistics report of this process: ``rustmalloc.format_stats()`` (the full report)
-    when the package has it, else the per-domain table. Used by ``run --stats``, ``stats`` and
-    the pytest plugin."""
+    """The statistics report of this process (``rustmalloc.format_stats()``) under a title.
+    Used by ``run --stats``, ``stats``, ``demo`` and the pytest plugin."""
     import rustmalloc
 
-    format_stats = getattr(rustmalloc, "format_stats", None)
-    if callable(format_stats):
-        return f"{title}\n{format_stats()}"
-    return _stats_table(title)
+    return f"{title}\n{rustmalloc.format_stats()}"
 
 
 def _workload(scale: float = 1.0) -> str:
