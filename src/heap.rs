@@ -15,10 +15,10 @@
 use crate::purge::{self, Mode};
 use crate::segment::{
     self, extend_free_list, free_blocks, huge_alloc, huge_resize, init_small_page, page_of,
-    purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind, LARGE_MAX,
-    PAGE_SHIFT, PAGE_SIZE,
+    page_start, purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind,
+    LARGE_MAX, PAGE_SHIFT, PAGE_SIZE,
 };
-use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
+use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX, TABLE_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
 use core::ptr::{self, null_mut};
 use core::sync::atomic::{AtomicPtr, Ordering::*};
@@ -74,7 +74,8 @@ impl Heap {
 /// `h` is a live heap, `domain < DOMAINS` and `class < NUM_CLASSES`.
 #[inline(always)]
 unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
-    ptr::addr_of_mut!((*h).queues[domain * NUM_CLASSES + class])
+    // SAFETY: in bounds by the contract above.
+    (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add(domain * NUM_CLASSES + class)
 }
 
 /// Allocate `size` bytes for `domain` from heap `h`. Null if the OS refuses memory.
@@ -97,8 +98,15 @@ pub unsafe fn alloc_counted<const STATS: bool>(
     size: usize,
     domain: usize,
 ) -> *mut u8 {
-    if size <= SMALL_MAX {
-        let class = SizeClass::of(size).index();
+    // The table lookup first: most requests are small, and the large test then costs them nothing.
+    let class = if size <= TABLE_MAX {
+        SizeClass::of(size).index()
+    } else if size <= SMALL_MAX {
+        SizeClass::of(size).index()
+    } else {
+        return alloc_large(h, size, domain);
+    };
+    {
         // SAFETY (for the unchecked indices below): `domain < DOMAINS` by the caller's
         // contract, `class < NUM_CLASSES` as a `SizeClass`.
         let page = (*queue(h, domain, class)).first;
@@ -118,9 +126,8 @@ pub unsafe fn alloc_counted<const STATS: bool>(
                 return block;
             }
         }
-        return alloc_small_slow(h, class, domain);
+        alloc_small_slow(h, class, domain)
     }
-    alloc_large(h, size, domain)
 }
 
 /// `alloc` of `n * size` zeroed bytes; null on overflow.
@@ -144,11 +151,48 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
     })
 }
 
+/// The slow paths are `extern "C"`: they never unwind (their bodies run under `no_unwind`), and
+/// saying so lets the fast paths call them without a landing pad, as tail calls, with no stack
+/// frame of their own.
+///
+/// Where most slow allocations end: the queue's first page ran out and a page behind it has
+/// free blocks. Pages that ran out leave the queue (marked full) until this finds one to pop
+/// from; anything else (remote frees to collect, a purge or trim due, carving, purged blocks,
+/// a new page) is `alloc_small_slower`'s. Nothing here can panic.
+///
 /// # Safety
 /// The caller is `h`'s owner; `class < NUM_CLASSES`, `domain < DOMAINS`.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
+unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
+    if (*h).purge_countdown > 0
+        && (*h).remote.load(Relaxed).is_null()
+        && purge::TRIM_EPOCH.load(Relaxed) == (*h).trim_epoch_seen
+    {
+        (*h).purge_countdown -= 1;
+        let q = queue(h, domain, class);
+        let mut page = (*q).first;
+        while !page.is_null() {
+            if !(*page).free.is_null() {
+                return pop(h, page, class, domain);
+            }
+            if (*page).purged != 0 || (*page).capacity < (*page).reserved {
+                break;
+            }
+            queue_remove(q, page);
+            (*page).full = true;
+            (*page).local = null_mut(); // frees into it take the slow path, which requeues it
+            page = (*q).first;
+        }
+    }
+    alloc_small_slower(h, class, domain)
+}
+
+/// # Safety
+/// As for `alloc_small_slow`.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
     crate::no_unwind(null_mut(), || {
         collect_remote(h);
         maybe_purge(h);
@@ -166,6 +210,7 @@ unsafe fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8
             }
             queue_remove(q, page);
             (*page).full = true;
+            (*page).local = null_mut(); // frees into it take the slow path, which requeues it
         }
         let page = take_pages(h, 1);
         if page.is_null() {
@@ -201,7 +246,8 @@ unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mu
     let available = ((*page).capacity - (*page).used) as u64 * bs;
     (*page).used += 1;
     let c = &(*h).counters;
-    c.allocs[domain][class].add(1);
+    // SAFETY: `domain < DOMAINS` and `class < NUM_CLASSES` by the caller's contract.
+    c.allocs.get_unchecked(domain).get_unchecked(class).add(1);
     c.note_available(available);
     block
 }
@@ -210,7 +256,7 @@ unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mu
 /// The caller is `h`'s owner; `size > SMALL_MAX`, `domain < DOMAINS`.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
+unsafe extern "C" fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     crate::no_unwind(null_mut(), || {
         if size > LARGE_MAX {
             return alloc_huge(h, size, domain);
@@ -229,8 +275,9 @@ unsafe fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
         (*page).domain = domain as u8;
         (*page).class = 0;
         (*page).full = false;
+        (*page).local = null_mut();
         count_large_alloc(h, domain, rounded);
-        (*page).start
+        page_start(page)
     })
 }
 
@@ -342,19 +389,24 @@ pub unsafe fn free(h: *mut Heap, p: *mut u8) {
 /// As for `free`.
 #[inline(always)]
 pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
-    let seg = segment_of(p);
+    // For a huge block, `page_of` is a zeroed slot of its segment's header (see `HUGE_OFFSET`).
     let page = page_of(p);
-    // A huge segment's owner is null, so `page` (inside the huge block) is never read for it.
-    if (*seg).owner == h && (*page).kind == PageKind::Small {
+    // `local == h`: a small page of `h`, not full (see `Page::local`).
+    if (*page).local == h {
         if STATS {
             // SAFETY: `counter` is set by `init_small_page` from a valid domain and class, so it
             // indexes the flattened `frees` array in bounds.
             (*h).counters.free_counter((*page).counter as usize).add(1);
         }
-        push_free(h, page, p);
+        *(p as *mut *mut u8) = (*page).free;
+        (*page).free = p;
+        (*page).used -= 1;
+        if (*page).used == 0 {
+            page_became_free_or_unfull(h, page);
+        }
         return;
     }
-    free_slow(h, seg, page, p);
+    free_slow(h, p);
 }
 
 /// Put block `p` back on its small page's free list (the one place that does): the page
@@ -372,11 +424,42 @@ unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
     }
 }
 
+/// A free the fast path turned away: a huge or large block, a block of a full page, or one of
+/// another heap.
+///
 /// # Safety
-/// As for `free`; `seg` and `page` are `segment_of(p)` and `page_of(p)`.
+/// As for `free`.
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *mut u8) {
+unsafe extern "C" fn free_slow(h: *mut Heap, p: *mut u8) {
+    let (seg, page) = (segment_of(p), page_of(p));
+    if (*seg).owner == h && (*page).kind == PageKind::Small {
+        // A full page of ours (the commonest case here): it gets the block and rejoins its
+        // queue at the front. Nothing on this path can panic.
+        debug_assert!((*page).full);
+        // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`).
+        (*h).counters.free_counter((*page).counter as usize).add(1);
+        *(p as *mut *mut u8) = (*page).free;
+        (*page).free = p;
+        (*page).used -= 1;
+        let q = queue(h, (*page).domain as usize, (*page).class as usize);
+        (*page).full = false;
+        (*page).local = h;
+        queue_push_front(q, page);
+        if (*page).used == 0 {
+            page_became_free_or_unfull(h, page);
+        }
+        return;
+    }
+    free_slower(h, seg, page, p);
+}
+
+/// # Safety
+/// As for `free`; `seg` and `page` are `segment_of(p)` and `page_of(p)`, and `p` is not a block
+/// of a small page of `h`.
+#[cold]
+#[inline(never)]
+unsafe fn free_slower(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p: *mut u8) {
     crate::no_unwind((), || {
         if (*seg).kind == SegmentKind::Huge {
             count_large_free(h, (*seg).huge_domain as usize, (*seg).huge_size);
@@ -452,7 +535,7 @@ unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
 /// The caller is `h`'s owner; `page` is a small page of `h` that is full or has no live block.
 #[cold]
 #[inline(never)]
-unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
+unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
     crate::no_unwind((), || {
         let q = queue(h, (*page).domain as usize, (*page).class as usize);
         if (*page).full {
@@ -460,6 +543,7 @@ unsafe fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
             // (to be purged, or given back whole): a full page that just got a block back is almost
             // full, so it goes first; pages with many free blocks sink to the back of the queue.
             (*page).full = false;
+            (*page).local = h;
             queue_push_front(q, page);
         }
         if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
@@ -757,6 +841,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         while !page.is_null() {
             assert_eq!((*page).prev, prev);
             assert!((*page).kind == PageKind::Small && !(*page).full);
+            assert_eq!((*page).local, h, "a queued page's fast-path owner");
             assert_eq!(
                 ((*page).domain as usize, (*page).class as usize),
                 (domain, class)
@@ -765,7 +850,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
             let mut n = 0u32;
             let mut b = (*page).free;
             while !b.is_null() {
-                let off = b as usize - (*page).start as usize;
+                let off = b as usize - page_start(page) as usize;
                 assert!(
                     off % bs == 0 && off / bs < (*page).capacity as usize,
                     "stray free block"

@@ -116,9 +116,11 @@ macro_rules! gil_hooks {
 gil_hooks!(MEM, mem_malloc, mem_calloc, mem_realloc, mem_free);
 gil_hooks!(OBJ, obj_malloc, obj_calloc, obj_realloc, obj_free);
 
+// `extern "C"` (it cannot unwind; a panic here would abort in the hook anyway): the hooks then
+// reach it by a tail call, with no landing pad and no stack frame on their fast paths.
 #[cold]
 #[inline(never)]
-fn forward_free(domain: usize, p: *mut c_void) {
+extern "C" fn forward_free(domain: usize, p: *mut c_void) {
     if p.is_null() {
         return; // free(NULL) does nothing, and is not a foreign free
     }
@@ -132,7 +134,7 @@ fn forward_free(domain: usize, p: *mut c_void) {
 
 #[cold]
 #[inline(never)]
-fn forward_realloc(domain: usize, p: *mut c_void, size: usize) -> *mut c_void {
+extern "C" fn forward_realloc(domain: usize, p: *mut c_void, size: usize) -> *mut c_void {
     let prev = previous(domain);
     // SAFETY: as in `forward_free`.
     unsafe { crate::count_foreign(domain, true) };

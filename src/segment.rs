@@ -41,12 +41,15 @@ pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
 pub const LARGE_MAX: usize = 32 * PAGE_SIZE;
 /// Offset of the page descriptors inside the segment.
 const PAGES_OFFSET: usize = 128;
-/// Offset of a huge block from the start of its mapping.
-pub const HUGE_OFFSET: usize = 128;
+/// Offset of a huge block from the start of its mapping. Past the first page descriptor's
+/// slot: `page_of` of a huge block is that slot, which stays zeroed (`Page::local` null), so the
+/// free fast path's one compare turns huge blocks away without reading the segment header.
+pub const HUGE_OFFSET: usize = 256;
 
 const _: () = {
     assert!(core::mem::size_of::<SegmentHeader>() <= PAGES_OFFSET);
     assert!(core::mem::size_of::<SegmentHeader>() <= HUGE_OFFSET && HUGE_OFFSET % 16 == 0);
+    assert!(PAGES_OFFSET + core::mem::size_of::<Page>() <= HUGE_OFFSET);
     assert!(PAGES_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<Page>() <= PAGE_SIZE);
     assert!(PAGES_PER_SEGMENT <= 64); // the free-page set is one u64
     assert!(core::mem::size_of::<Page>() == 64);
@@ -110,7 +113,11 @@ pub struct Page {
     pub domain: u8,
     /// Not in its queue because it had no free block.
     pub full: bool,
-    pub start: *mut u8,
+    /// The heap whose owner frees into this page on the fast path: the owning heap while this
+    /// is a small page that is not full, else null (full, a large span, a free page, and the
+    /// descriptor slot a huge block's pointer maps to). One compare then stands for "ours, small,
+    /// not full", so the free fast path reads no segment header.
+    pub local: *mut crate::heap::Heap,
     pub next: *mut Page,
     pub prev: *mut Page,
     /// OS pages of this page given back to the OS while its blocks there were free (bit k:
@@ -129,6 +136,14 @@ pub struct Page {
 #[inline(always)]
 pub fn segment_of(p: *const u8) -> *mut SegmentHeader {
     (p as usize & !(SEGMENT_SIZE - 1)) as *mut SegmentHeader
+}
+
+/// The first byte of the page `page` describes (page 0 holds the metadata and no block).
+#[inline(always)]
+pub fn page_start(page: *const Page) -> *mut u8 {
+    let seg = page as usize & !(SEGMENT_SIZE - 1);
+    let idx = (page as usize - seg - PAGES_OFFSET) / core::mem::size_of::<Page>();
+    (seg + idx * PAGE_SIZE) as *mut u8
 }
 
 /// The descriptor of the page holding `p`.
@@ -213,7 +228,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
                 kind: PageKind::Free,
                 domain: 0,
                 full: false,
-                start: base.add(i * PAGE_SIZE),
+                local: null_mut(),
                 next: null_mut(),
                 prev: null_mut(),
                 purged: 0,
@@ -276,7 +291,7 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize) -> *mut Page {
 /// `page` is a descriptor of a live `Pages` segment, the start of a span of `span` pages in use.
 pub unsafe fn return_pages(page: *mut Page) -> bool {
     let seg = segment_of(page as *const u8);
-    let idx = ((*page).start as usize - seg as usize) >> PAGE_SHIFT;
+    let idx = (page_start(page) as usize - seg as usize) >> PAGE_SHIFT;
     let count = (*page).span as usize;
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
     debug_assert_eq!((*seg).free_pages & mask, 0);
@@ -288,6 +303,7 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
     (*page).used = 0;
     (*page).free = null_mut();
     (*page).full = false;
+    (*page).local = null_mut();
     (*page).purged = 0;
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;
@@ -301,7 +317,7 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
 /// As for `return_pages`.
 pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
     let seg = segment_of(page as *const u8);
-    let idx = ((*page).start as usize - seg as usize) >> PAGE_SHIFT;
+    let idx = (page_start(page) as usize - seg as usize) >> PAGE_SHIFT;
     let end = idx + (*page).span as usize;
     if end + extra > PAGES_PER_SEGMENT {
         return false;
@@ -334,11 +350,13 @@ fn find_run(bits: u64, count: usize) -> Option<usize> {
     }
 }
 
-/// Turn a free single page into a small page of class `class` and domain `domain`.
+/// Turn a free single page into a small page of class `class` and domain `domain`, which its
+/// segment's owner frees into on the fast path (`Page::local`).
 ///
 /// # Safety
 /// `page` was just returned by `take_pages(seg, 1)`.
 pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
+    (*page).local = (*segment_of(page as *const u8)).owner;
     let bs = class.block_size() as u32;
     (*page).kind = PageKind::Small;
     (*page).class = class.0;
@@ -387,7 +405,7 @@ pub unsafe fn purge_page(page: *mut Page) -> usize {
         return 0;
     }
     let bs = (*page).block_size as usize;
-    let start = (*page).start as usize;
+    let start = page_start(page) as usize;
     // Free bytes per OS page, from the free blocks on the list. Never-carved space does not
     // count: carving it later would list blocks of a purged OS page twice (see `unpurge_page`).
     let mut free_bytes = [0usize; 16];
@@ -464,7 +482,7 @@ pub unsafe fn unpurge_page(page: *mut Page) -> bool {
     }
     let ps = os::page_size();
     let bs = (*page).block_size as usize;
-    let start = (*page).start as usize;
+    let start = page_start(page) as usize;
     let purged = (*page).purged;
     let mut head = (*page).free;
     // Blocks are re-added from the top so the list comes out in address order.
@@ -543,7 +561,7 @@ pub unsafe fn extend_free_list(page: *mut Page) -> u32 {
     }
     let bs = (*page).block_size as usize;
     let batch = (CARVE_BLOCKS[(*page).class as usize] as usize).min((res - cap) as usize);
-    let first = (*page).start.add(cap as usize * bs);
+    let first = page_start(page).add(cap as usize * bs);
     let mut b = first;
     for _ in 1..batch {
         let next = b.add(bs);
@@ -584,6 +602,8 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             mapped,
             huge_size: huge_rounded(size),
         });
+        // `page_of(block)` is this slot: zeroed, so its `local` never matches a heap.
+        core::ptr::write_bytes(page_at(seg, 0), 0, 1);
     }
     if !segment_map::register(base, mapped, segment_map::HUGE) {
         os::unmap(base, mapped);
@@ -685,7 +705,7 @@ mod tests {
             );
             let p = take_pages(seg, 1);
             assert_eq!(p, page_at(seg, 1));
-            let inner = (*p).start.add(PAGE_SIZE - 1);
+            let inner = page_start(p).add(PAGE_SIZE - 1);
             assert_eq!(page_of(inner), p);
             let span = take_pages(seg, 5);
             assert_eq!(span, page_at(seg, 2));
