@@ -36,8 +36,10 @@ pub struct PageQueue {
 
 #[repr(C)]
 pub struct Heap {
-    /// Page queues, indexed `domain * NUM_CLASSES + class`.
-    pub queues: [PageQueue; DOMAINS * NUM_CLASSES],
+    /// Page queues, indexed `domain * QUEUE_STRIDE + class` (the last of each domain's
+    /// `QUEUE_STRIDE` is unused): the same index as `Page::counter`, so the free fast path finds a
+    /// page's queue from the page alone.
+    pub queues: [PageQueue; DOMAINS * QUEUE_STRIDE],
     /// Segments that have at least one free page (doubly linked through the headers).
     pub segments: *mut SegmentHeader,
     /// How many of those are entirely empty.
@@ -58,7 +60,7 @@ impl Heap {
             queues: [PageQueue {
                 first: null_mut(),
                 last: null_mut(),
-            }; DOMAINS * NUM_CLASSES],
+            }; DOMAINS * QUEUE_STRIDE],
             segments: null_mut(),
             empty_segments: 0,
             remote: AtomicPtr::new(null_mut()),
@@ -75,7 +77,23 @@ impl Heap {
 #[inline(always)]
 unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
     // SAFETY: in bounds by the contract above.
-    (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add(domain * NUM_CLASSES + class)
+    (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add(domain * QUEUE_STRIDE + class)
+}
+
+/// Queues per domain in `Heap::queues`: one per class, and one unused (see there).
+pub const QUEUE_STRIDE: usize = NUM_CLASSES + 1;
+
+/// Whether `page` is the only page of its queue (a page the free fast path keeps when its last
+/// block is freed: a malloc/free pair at an otherwise empty class does not give it back and
+/// take it again each time).
+///
+/// # Safety
+/// `page` is a small page of `h`.
+#[inline(always)]
+unsafe fn sole_page(h: *mut Heap, page: *mut Page) -> bool {
+    // SAFETY: `counter` is `domain * QUEUE_STRIDE + class` (`init_small_page`), in bounds.
+    let q = (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add((*page).counter as usize);
+    (*q).first == page && (*q).last == page
 }
 
 /// Allocate `size` bytes for `domain` from heap `h`. Null if the OS refuses memory.
@@ -401,7 +419,7 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
         *(p as *mut *mut u8) = (*page).free;
         (*page).free = p;
         (*page).used -= 1;
-        if (*page).used == 0 {
+        if (*page).used == 0 && !sole_page(h, page) {
             page_became_free_or_unfull(h, page);
         }
         return;
@@ -536,8 +554,11 @@ unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
+    let q = queue(h, (*page).domain as usize, (*page).class as usize);
+    if !(*page).full && sole_page(h, page) {
+        return; // see `sole_page`
+    }
     crate::no_unwind((), || {
-        let q = queue(h, (*page).domain as usize, (*page).class as usize);
         if (*page).full {
             // Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain
             // (to be purged, or given back whole): a full page that just got a block back is almost
@@ -758,7 +779,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     let ps = crate::os::page_size();
     let mut bytes = 0;
     // Free OS pages inside partly used pages.
-    for i in 0..DOMAINS * NUM_CLASSES {
+    for i in 0..DOMAINS * QUEUE_STRIDE {
         let q = ptr::addr_of_mut!((*h).queues[i]);
         let mut page = (*q).first;
         if mode == Mode::Auto && !page.is_null() {
@@ -835,7 +856,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     }
     assert_eq!(empty, (*h).empty_segments);
     for (i, q) in (*h).queues.iter().enumerate() {
-        let (domain, class) = (i / NUM_CLASSES, i % NUM_CLASSES);
+        let (domain, class) = (i / QUEUE_STRIDE, i % QUEUE_STRIDE);
         let mut page = q.first;
         let mut prev = null_mut();
         while !page.is_null() {

@@ -118,18 +118,18 @@ pub unsafe fn gil_free(p: *mut u8) {
 #[inline(always)]
 pub fn raw_malloc(size: usize) -> *mut u8 {
     // SAFETY: `with_heap` hands us a heap this thread owns for the duration of the call.
-    raw_heap::with_heap(|h| unsafe { heap::alloc(h, size, RAW) }).unwrap_or(null_mut())
+    raw_heap::with_heap(move |h| unsafe { heap::alloc(h, size, RAW) }).unwrap_or(null_mut())
 }
 
 pub fn raw_calloc(n: usize, size: usize) -> *mut u8 {
     // SAFETY: as in `raw_malloc`.
-    raw_heap::with_heap(|h| unsafe { heap::alloc_zeroed(h, n, size, RAW) }).unwrap_or(null_mut())
+    raw_heap::with_heap(move |h| unsafe { heap::alloc_zeroed(h, n, size, RAW) }).unwrap_or(null_mut())
 }
 
 /// # Safety
 /// `p` is a live block of ours.
 pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
-    raw_heap::with_heap(|h| heap::realloc(h, p, size, RAW)).unwrap_or(null_mut())
+    raw_heap::with_heap(move |h| heap::realloc(h, p, size, RAW)).unwrap_or(null_mut())
 }
 
 /// Free a block of ours through RAW, from any thread, with or without the GIL. A block of the
@@ -139,7 +139,7 @@ pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
 /// `p` is a live block of ours.
 #[inline(always)]
 pub unsafe fn raw_free(p: *mut u8) {
-    if raw_heap::with_heap(|h| heap::free(h, p)).is_none() {
+    if raw_heap::with_heap(move |h| heap::free(h, p)).is_none() {
         // No heap could be had (out of memory): still never lose the block.
         let owner = (*segment::segment_of(p)).owner;
         if owner.is_null() {

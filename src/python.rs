@@ -67,9 +67,7 @@ extern "C" fn raw_realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mu
 }
 
 extern "C" fn raw_free(_ctx: *mut c_void, p: *mut c_void) {
-    if p.is_null() {
-        return;
-    }
+    // NULL is not ours: `forward_free` ignores it (see the MEM/OBJ hooks).
     if owns(p as *const u8) {
         // SAFETY: as in `raw_realloc`.
         unsafe { crate::raw_free(p as *mut u8) };

@@ -128,8 +128,8 @@ pub struct Page {
     /// Blocks cut out of the free list by purging: `used + |free| + purged_blocks == capacity`
     /// (at most 4,096 blocks fit a page).
     pub purged_blocks: u16,
-    /// `domain * (NUM_CLASSES + 1) + class`: the page's slot in a heap's per-class counters,
-    /// so the free fast path counts with one load.
+    /// `domain * (NUM_CLASSES + 1) + class`: the page's slot in a heap's per-class counters
+    /// and its queue's index (`heap::QUEUE_STRIDE`), so the free fast path finds both with one load.
     pub counter: u16,
 }
 
@@ -373,7 +373,7 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;
     (*page).counter =
-        (domain as usize * (crate::size_class::NUM_CLASSES + 1) + class.index()) as u16;
+        (domain as usize * crate::heap::QUEUE_STRIDE + class.index()) as u16;
 }
 
 /// Free blocks on the page's list now.
