@@ -21,7 +21,7 @@ use crate::segment::{
 use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX, TABLE_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
 use core::ptr::{self, null_mut};
-use core::sync::atomic::{AtomicPtr, Ordering::*};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 
 /// Empty segments a heap keeps mapped (decommitted) after an automatic purge pass.
 pub const EMPTY_SEGMENTS_KEPT: u32 = 4;
@@ -52,6 +52,11 @@ pub struct Heap {
     pub next_purge_ms: u64,
     pub trim_epoch_seen: u64,
     pub purge_countdown: u32,
+    /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
+    /// (always 0 for the GIL heap). Only the owner stores its own value here, on taking the heap,
+    /// and clears it before handing the heap over: a thread that reads its own thread pointer
+    /// here owns the heap.
+    pub owner_tp: AtomicUsize,
 }
 
 impl Heap {
@@ -68,6 +73,7 @@ impl Heap {
             next_purge_ms: 0,
             trim_epoch_seen: 0,
             purge_countdown: 0,
+            owner_tp: AtomicUsize::new(0),
         }
     }
 }
@@ -411,20 +417,29 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
     let page = page_of(p);
     // `local == h`: a small page of `h`, not full (see `Page::local`).
     if (*page).local == h {
-        if STATS {
-            // SAFETY: `counter` is set by `init_small_page` from a valid domain and class, so it
-            // indexes the flattened `frees` array in bounds.
-            (*h).counters.free_counter((*page).counter as usize).add(1);
-        }
-        *(p as *mut *mut u8) = (*page).free;
-        (*page).free = p;
-        (*page).used -= 1;
-        if (*page).used == 0 && !sole_page(h, page) {
-            page_became_free_or_unfull(h, page);
-        }
+        free_to_local_page::<STATS>(h, page, p);
         return;
     }
-    free_slow(h, p);
+    free_slow(h, page, p);
+}
+
+/// The free fast path proper: `p` goes back on `page`'s free list.
+///
+/// # Safety
+/// The caller is `h`'s owner; `p` is a live block of `page`, and `(*page).local == h`.
+#[inline(always)]
+pub unsafe fn free_to_local_page<const STATS: bool>(h: *mut Heap, page: *mut Page, p: *mut u8) {
+    if STATS {
+        // SAFETY: `counter` is set by `init_small_page` from a valid domain and class, so it
+        // indexes the flattened `frees` array in bounds.
+        (*h).counters.free_counter((*page).counter as usize).add(1);
+    }
+    *(p as *mut *mut u8) = (*page).free;
+    (*page).free = p;
+    (*page).used -= 1;
+    if (*page).used == 0 && !sole_page(h, page) {
+        page_became_free_or_unfull(h, page);
+    }
 }
 
 /// Put block `p` back on its small page's free list (the one place that does): the page
@@ -446,11 +461,11 @@ unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
 /// another heap.
 ///
 /// # Safety
-/// As for `free`.
+/// As for `free`; `page` is `page_of(p)`.
 #[cold]
 #[inline(never)]
-unsafe extern "C" fn free_slow(h: *mut Heap, p: *mut u8) {
-    let (seg, page) = (segment_of(p), page_of(p));
+unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
+    let seg = segment_of(p);
     if (*seg).owner == h && (*page).kind == PageKind::Small {
         // A full page of ours (the commonest case here): it gets the block and rejoins its
         // queue at the front. Nothing on this path can panic.

@@ -118,18 +118,20 @@ pub unsafe fn gil_free(p: *mut u8) {
 #[inline(always)]
 pub fn raw_malloc(size: usize) -> *mut u8 {
     // SAFETY: `with_heap` hands us a heap this thread owns for the duration of the call.
-    raw_heap::with_heap(move |h| unsafe { heap::alloc(h, size, RAW) }).unwrap_or(null_mut())
+    raw_heap::with_heap_or(null_mut(), move |h| unsafe { heap::alloc(h, size, RAW) })
 }
 
 pub fn raw_calloc(n: usize, size: usize) -> *mut u8 {
     // SAFETY: as in `raw_malloc`.
-    raw_heap::with_heap(move |h| unsafe { heap::alloc_zeroed(h, n, size, RAW) }).unwrap_or(null_mut())
+    raw_heap::with_heap_or(null_mut(), move |h| unsafe {
+        heap::alloc_zeroed(h, n, size, RAW)
+    })
 }
 
 /// # Safety
 /// `p` is a live block of ours.
 pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
-    raw_heap::with_heap(move |h| heap::realloc(h, p, size, RAW)).unwrap_or(null_mut())
+    raw_heap::with_heap_or(null_mut(), move |h| heap::realloc(h, p, size, RAW))
 }
 
 /// Free a block of ours through RAW, from any thread, with or without the GIL. A block of the
@@ -139,7 +141,22 @@ pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
 /// `p` is a live block of ours.
 #[inline(always)]
 pub unsafe fn raw_free(p: *mut u8) {
-    if raw_heap::with_heap(move |h| heap::free(h, p)).is_none() {
+    if !raw_heap::free_own(p) {
+        raw_free_other(p);
+    }
+}
+
+/// `raw_free` of a block that is not on a not-full page of the caller's own heap.
+///
+/// # Safety
+/// As for `raw_free`.
+#[inline(never)]
+unsafe extern "C" fn raw_free_other(p: *mut u8) {
+    let freed = raw_heap::with_heap_or(false, move |h| {
+        heap::free(h, p);
+        true
+    });
+    if !freed {
         // No heap could be had (out of memory): still never lose the block.
         let owner = (*segment::segment_of(p)).owner;
         if owner.is_null() {

@@ -43,11 +43,6 @@ pub struct RawHeap {
     state: AtomicU8,
     /// Set by the owner for the duration of each call (read only by the fork child handler).
     busy: AtomicBool,
-    /// The owning thread's thread pointer (`thread_pointer`), 0 when no thread owns the heap.
-    /// Only the owner stores its own value here (on taking the heap), and clears it before
-    /// handing the heap over; so a thread that reads its own thread pointer here owns the heap
-    /// (see `HEAP_CACHE`).
-    owner_tp: AtomicUsize,
     next_in_registry: *mut RawHeap,
 }
 
@@ -148,12 +143,26 @@ pub fn with_heap<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
     if let Some(tp) = thread_pointer() {
         let h = cache_slot(tp).load(Relaxed);
         // SAFETY: cached heaps are registry entries, never freed; `owner_tp == tp` means this
-        // thread owns `h` (see `RawHeap::owner_tp`).
-        if !h.is_null() && unsafe { (*h).owner_tp.load(Relaxed) } == tp {
+        // thread owns `h` (see `Heap::owner_tp`).
+        if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
             return Some(unsafe { while_busy(h, f) });
         }
     }
     with_heap_uncached(f)
+}
+
+/// `with_heap`, with `or` standing for "no heap": the hooks' form, which keeps the `Option` off
+/// their fast path.
+#[inline(always)]
+pub fn with_heap_or<R>(or: R, f: impl FnOnce(*mut Heap) -> R) -> R {
+    if let Some(tp) = thread_pointer() {
+        let h = cache_slot(tp).load(Relaxed);
+        // SAFETY: as in `with_heap`.
+        if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
+            return unsafe { while_busy(h, f) };
+        }
+    }
+    with_heap_uncached(f).unwrap_or(or)
 }
 
 /// `with_heap` when the cache has no entry for this thread: through `THREAD_HEAP`, refilling
@@ -169,6 +178,29 @@ fn with_heap_uncached<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
         return Some(unsafe { while_busy(h, f) });
     }
     with_heap_slow(h, f)
+}
+
+/// Free `p` if it is a block of a not-full small page of the calling thread's own heap: the
+/// RAW free fast path, which finds the heap from the block's page (`Page::local`) and needs no
+/// cache lookup. False if it is not such a block (the caller then takes `with_heap`).
+///
+/// # Safety
+/// `p` is a live block of ours.
+#[inline(always)]
+pub unsafe fn free_own(p: *mut u8) -> bool {
+    let Some(tp) = thread_pointer() else {
+        return false;
+    };
+    let page = crate::segment::page_of(p);
+    let h = (*page).local;
+    // Only RAW heaps have an `owner_tp`, and only their owner's thread pointer is found there.
+    if h.is_null() || (*h).owner_tp.load(Relaxed) != tp {
+        return false;
+    }
+    // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
+    // `page.local == h`.
+    while_busy(h as *mut RawHeap, |h| heap::free_to_local_page::<true>(h, page, p));
+    true
 }
 
 /// Run `f` on heap `h` with its `busy` flag set: every change to a heap happens inside this,
@@ -192,7 +224,7 @@ fn with_heap_slow<R>(h: *mut RawHeap, f: impl FnOnce(*mut Heap) -> R) -> Option<
         let h = crate::no_unwind(null_mut(), acquire);
         if !h.is_null() {
             // SAFETY: `acquire` made `h` ours; registry entries are never freed.
-            unsafe { (*h).owner_tp.store(thread_pointer().unwrap_or(0), Relaxed) };
+            unsafe { (*h).heap.owner_tp.store(thread_pointer().unwrap_or(0), Relaxed) };
             set_thread_heap(h);
             if let Some(key) = key() {
                 // SAFETY: `key` was created by `init`; the value is only read by `thread_exit`.
@@ -275,7 +307,6 @@ fn create(state: u8) -> *mut RawHeap {
             heap: Heap::new(),
             state: AtomicU8::new(state),
             busy: AtomicBool::new(false),
-            owner_tp: AtomicUsize::new(0),
             next_in_registry: null_mut(),
         });
         let mut head = REGISTRY.load(Relaxed);
@@ -301,7 +332,7 @@ fn hand_over(h: *mut RawHeap) {
         return;
     }
     // SAFETY: our heap; from here on the cache sends this thread to `THREAD_HEAP` (DEAD).
-    unsafe { (*h).owner_tp.store(0, Relaxed) };
+    unsafe { (*h).heap.owner_tp.store(0, Relaxed) };
     set_thread_heap(DEAD);
     // SAFETY: `h` is this thread's heap; after the store below another thread may adopt it,
     // so nothing touches it after that. Draining changes the heap like any call, so it runs
@@ -332,7 +363,7 @@ extern "C" fn fork_child() {
             if h != mine {
                 // Its owner does not exist here; a thread started in the child may get the
                 // same thread pointer.
-                (*h).owner_tp.store(0, Relaxed);
+                (*h).heap.owner_tp.store(0, Relaxed);
             }
             if h != mine && (*h).state.load(Relaxed) == OWNED {
                 let s = if (*h).busy.load(Relaxed) {

@@ -372,8 +372,7 @@ pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).purged = 0;
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;
-    (*page).counter =
-        (domain as usize * crate::heap::QUEUE_STRIDE + class.index()) as u16;
+    (*page).counter = (domain as usize * crate::heap::QUEUE_STRIDE + class.index()) as u16;
 }
 
 /// Free blocks on the page's list now.

@@ -161,7 +161,7 @@ impl Counters {
 }
 
 /// Bytes made available between two samples of the peaks.
-pub const SAMPLE_EVERY: u64 = 64 * 1024;
+pub const SAMPLE_EVERY: u64 = 256 * 1024;
 
 /// The figures of one domain, summed over every heap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -266,7 +266,7 @@ fn peaks_are_sampled_and_reset() {
     }
     let t = domain_totals()[MEM];
     assert_eq!(t.bytes_in_use, base);
-    // 1.25 MB went through: sampled at least every 64 KiB of pages made available.
+    // 1.25 MB went through: sampled at least every SAMPLE_EVERY bytes of pages made available.
     let rise = t.peak_bytes_in_use - base;
     assert!(
         rise >= 20_000 * 64 - stats::SAMPLE_EVERY - 64 * 1024,
