@@ -28,10 +28,60 @@ pub const EMPTY_SEGMENTS_KEPT: u32 = 4;
 /// Slow paths between two looks at the clock for the automatic purge.
 const PURGE_CHECK_EVERY: u32 = 64;
 
+/// The pages of one (domain, class), doubly linked through `Page::next`/`prev`. `first` is never
+/// null: an empty queue's is `empty_page()`, a page with no free block, so the allocation fast
+/// path reads `first.free` without testing `first` (and never writes to it). Walks start at
+/// `first_page`, which turns the sentinel into null.
 #[derive(Clone, Copy)]
 pub struct PageQueue {
     pub first: *mut Page,
     pub last: *mut Page,
+}
+
+/// The sentinel of empty queues: never linked, never written. It has no free block, so the fast
+/// path goes to the slow path on reading it, and room to carve (`capacity < reserved`), so the
+/// slow path's first loop stops at it and hands over to `alloc_small_slower`, which walks
+/// through `first_page`.
+struct EmptyPage(core::cell::UnsafeCell<Page>);
+// SAFETY: nothing ever writes to it; everyone only reads its `free` (null).
+unsafe impl Sync for EmptyPage {}
+static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page {
+    free: null_mut(),
+    used: 0,
+    block_size: 0,
+    capacity: 0,
+    reserved: 1,
+    span: 0,
+    class: 0,
+    kind: PageKind::Free,
+    domain: 0,
+    full: false,
+    local: null_mut(),
+    next: null_mut(),
+    prev: null_mut(),
+    purged: 0,
+    free_at_purge: 0,
+    purged_blocks: 0,
+    counter: 0,
+}));
+
+#[inline(always)]
+const fn empty_page() -> *mut Page {
+    EMPTY_PAGE.0.get()
+}
+
+/// The first page of queue `q`, or null if it is empty.
+///
+/// # Safety
+/// `q` is a live queue.
+#[inline(always)]
+unsafe fn first_page(q: *const PageQueue) -> *mut Page {
+    let first = (*q).first;
+    if first == empty_page() {
+        null_mut()
+    } else {
+        first
+    }
 }
 
 #[repr(C)]
@@ -63,7 +113,7 @@ impl Heap {
     pub const fn new() -> Heap {
         Heap {
             queues: [PageQueue {
-                first: null_mut(),
+                first: empty_page(),
                 last: null_mut(),
             }; DOMAINS * QUEUE_STRIDE],
             segments: null_mut(),
@@ -133,22 +183,24 @@ pub unsafe fn alloc_counted<const STATS: bool>(
     {
         // SAFETY (for the unchecked indices below): `domain < DOMAINS` by the caller's
         // contract, `class < NUM_CLASSES` as a `SizeClass`.
-        let page = (*queue(h, domain, class)).first;
-        if !page.is_null() {
-            let block = (*page).free;
-            if !block.is_null() {
-                (*page).free = *(block as *mut *mut u8);
-                (*page).used += 1;
-                if STATS {
-                    // SAFETY: `domain < DOMAINS` (callers' contract), `class < NUM_CLASSES`.
-                    (*h).counters
-                        .allocs
-                        .get_unchecked(domain)
-                        .get_unchecked(class)
-                        .add(1);
-                }
-                return block;
+        let page = (*queue(h, domain, class)).first; // never null (see `PageQueue`)
+        let block = (*page).free;
+        if !block.is_null() {
+            // A page whose last block this takes stays first in its queue: frees into it stay
+            // on the fast path, and the next allocation's slow path moves on if none came.
+            // (Taking it out at once made a malloc/free pair at such a page requeue it each
+            // time.)
+            (*page).free = *(block as *mut *mut u8);
+            (*page).used += 1;
+            if STATS {
+                // SAFETY: `domain < DOMAINS` (callers' contract), `class < NUM_CLASSES`.
+                (*h).counters
+                    .allocs
+                    .get_unchecked(domain)
+                    .get_unchecked(class)
+                    .add(1);
             }
+            return block;
         }
         alloc_small_slow(h, class, domain)
     }
@@ -196,10 +248,11 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
         (*h).purge_countdown -= 1;
         let q = queue(h, domain, class);
         let mut page = (*q).first;
-        while !page.is_null() {
+        loop {
             if !(*page).free.is_null() {
                 return pop(h, page, class, domain);
             }
+            // Stops at the empty queue's sentinel too (see `EMPTY_PAGE`).
             if (*page).purged != 0 || (*page).capacity < (*page).reserved {
                 break;
             }
@@ -222,7 +275,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
         maybe_purge(h);
         let q = queue(h, domain, class);
         loop {
-            let page = (*q).first;
+            let page = first_page(q);
             if page.is_null() {
                 break;
             }
@@ -479,6 +532,8 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
         (*page).full = false;
         (*page).local = h;
         queue_push_front(q, page);
+        // The block is where allocation happens next (see `pop`).
+        (*h).counters.note_available((*page).block_size as u64);
         if (*page).used == 0 {
             page_became_free_or_unfull(h, page);
         }
@@ -581,6 +636,7 @@ unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
             (*page).full = false;
             (*page).local = h;
             queue_push_front(q, page);
+            (*h).counters.note_available((*page).block_size as u64);
         }
         if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
             queue_remove(q, page);
@@ -697,13 +753,16 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
 }
 
+/// # Safety
+/// `page` is in no queue, and the caller owns the heap of both.
 unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
+    let first = first_page(q);
     (*page).prev = null_mut();
-    (*page).next = (*q).first;
-    if (*q).first.is_null() {
+    (*page).next = first;
+    if first.is_null() {
         (*q).last = page;
     } else {
-        (*(*q).first).prev = page;
+        (*first).prev = page;
     }
     (*q).first = page;
 }
@@ -713,7 +772,7 @@ unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
 unsafe fn queue_remove(q: *mut PageQueue, page: *mut Page) {
     let (prev, next) = ((*page).prev, (*page).next);
     if prev.is_null() {
-        (*q).first = next;
+        (*q).first = if next.is_null() { empty_page() } else { next };
     } else {
         (*prev).next = next;
     }
@@ -796,7 +855,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     // Free OS pages inside partly used pages.
     for i in 0..DOMAINS * QUEUE_STRIDE {
         let q = ptr::addr_of_mut!((*h).queues[i]);
-        let mut page = (*q).first;
+        let mut page = first_page(q);
         if mode == Mode::Auto && !page.is_null() {
             page = (*page).next; // the page being allocated from keeps its blocks
         }
@@ -872,7 +931,8 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     assert_eq!(empty, (*h).empty_segments);
     for (i, q) in (*h).queues.iter().enumerate() {
         let (domain, class) = (i / QUEUE_STRIDE, i % QUEUE_STRIDE);
-        let mut page = q.first;
+        assert!(!q.first.is_null(), "a queue's first is never null (see PageQueue)");
+        let mut page = first_page(q);
         let mut prev = null_mut();
         while !page.is_null() {
             assert_eq!((*page).prev, prev);
