@@ -50,6 +50,22 @@ static Q_HEAD: AtomicUsize = AtomicUsize::new(0);
 static Q_BYTES: AtomicUsize = AtomicUsize::new(0);
 static Q_LOCK: AtomicBool = AtomicBool::new(false);
 
+/// Set by the Python layer at install: a function that writes the calling thread's Python stack
+/// to stderr without allocating or running Python code (CPython's faulthandler writer), or 0.
+/// A report of a bug found in the call that made it (a double free, a write past the end, MEM
+/// or OBJ without the GIL) adds it: it shows the Python code that called into the extension.
+pub static STACK_WRITER: AtomicUsize = AtomicUsize::new(0);
+
+/// What a report says about the Python stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// The bug was found in the call that made it: the stack shows where.
+    Here,
+    /// Found later (a write after free, when the block leaves the quarantine): the stack would
+    /// show an unrelated call, so none is written.
+    Elsewhere,
+}
+
 /// The call that hands a block to the checks (its function is named in reports).
 pub struct Call {
     pub function: &'static str,
@@ -93,7 +109,7 @@ impl Write for Line {
 }
 
 /// Report a finding on stderr, then abort unless in "warn" mode.
-pub fn report(args: core::fmt::Arguments<'_>) {
+pub fn report(args: core::fmt::Arguments<'_>, stack: Stack) {
     let mut line = Line {
         buf: [0; 320],
         len: 0,
@@ -103,6 +119,12 @@ pub fn report(args: core::fmt::Arguments<'_>) {
     let _ = line.write_str("\n");
     // SAFETY: writing our own buffer to fd 2.
     unsafe { libc::write(2, line.buf.as_ptr() as *const libc::c_void, line.len) };
+    let writer = STACK_WRITER.load(Relaxed);
+    if stack == Stack::Here && writer != 0 {
+        // SAFETY: only ever set to an `extern "C" fn()` (see `STACK_WRITER`).
+        let writer: extern "C" fn() = unsafe { core::mem::transmute(writer) };
+        writer();
+    }
     if MODE.load(Relaxed) != WARN {
         // SAFETY: abort has no preconditions; like glibc on a double free.
         unsafe { libc::abort() };
@@ -131,39 +153,48 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
     let domain = crate::heap::block_domain(p);
     let n = (p.add(bs - 8) as *const u64).read_unaligned();
     if n == FREED_MARK {
-        report(format_args!(
-            "double free of block {:p} (size class {} bytes, {} domain) by {}",
-            p,
-            bs,
-            domain_name(domain),
-            call.function
-        ));
+        report(
+            format_args!(
+                "double free of block {:p} (size class {} bytes, {} domain) by {}",
+                p,
+                bs,
+                domain_name(domain),
+                call.function
+            ),
+            Stack::Here,
+        );
         return None;
     }
     if n as usize > bs - EXTRA {
-        report(format_args!(
+        report(
+            format_args!(
             "block {:p} (size class {} bytes, {} domain) was overwritten past its end, over its \
              size record, found by {}",
             p,
             bs,
             domain_name(domain),
             call.function
-        ));
+        ),
+            Stack::Here,
+        );
         return None;
     }
     let n = n as usize;
     let canary = core::slice::from_raw_parts(p.add(n), bs - 8 - n);
     if let Some(off) = canary.iter().position(|&b| b != CANARY) {
-        report(format_args!(
-            "write past the end of block {:p} ({} bytes requested, size class {} bytes, {} \
+        report(
+            format_args!(
+                "write past the end of block {:p} ({} bytes requested, size class {} bytes, {} \
              domain): byte {} after the end was changed, found by {}",
-            p,
-            n,
-            bs,
-            domain_name(domain),
-            off,
-            call.function
-        ));
+                p,
+                n,
+                bs,
+                domain_name(domain),
+                off,
+                call.function
+            ),
+            Stack::Here,
+        );
         return None;
     }
     Some(n)
@@ -239,14 +270,17 @@ unsafe fn release(p: *mut u8, free: &impl Fn(*mut u8)) {
     let bs = usable_size(p);
     let body = core::slice::from_raw_parts(p, bs - 8);
     if let Some(off) = body.iter().position(|&b| b != FREED) {
-        report(format_args!(
-            "write to freed block {:p} (size class {} bytes, {} domain): byte {} was changed \
+        report(
+            format_args!(
+                "write to freed block {:p} (size class {} bytes, {} domain): byte {} was changed \
              after the block was freed, found when it left the quarantine",
-            p,
-            bs,
-            domain_name(crate::heap::block_domain(p)),
-            off
-        ));
+                p,
+                bs,
+                domain_name(crate::heap::block_domain(p)),
+                off
+            ),
+            Stack::Elsewhere,
+        );
         if MODE.load(Relaxed) == WARN {
             return; // leak it: it is still being written to
         }

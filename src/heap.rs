@@ -931,7 +931,10 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     assert_eq!(empty, (*h).empty_segments);
     for (i, q) in (*h).queues.iter().enumerate() {
         let (domain, class) = (i / QUEUE_STRIDE, i % QUEUE_STRIDE);
-        assert!(!q.first.is_null(), "a queue's first is never null (see PageQueue)");
+        assert!(
+            !q.first.is_null(),
+            "a queue's first is never null (see PageQueue)"
+        );
         let mut page = first_page(q);
         let mut prev = null_mut();
         while !page.is_null() {

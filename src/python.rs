@@ -10,7 +10,7 @@
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_void};
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
 use pyo3::prelude::*;
@@ -195,12 +195,41 @@ fn gil_missing(function: &'static str) -> bool {
     if unsafe { ffi::PyGILState_Check() } != 0 {
         return false;
     }
-    crate::check::report(format_args!(
+    crate::check::report(
+        format_args!(
         "{function} called by a thread that does not hold the GIL (a C extension bug); in warn \
          mode the call is served by the thread-safe RAW heap"
-    ));
+    ),
+        crate::check::Stack::Here,
+    );
     true
 }
+
+/// `check::STACK_WRITER`: the calling thread's Python stack, written to stderr by CPython's
+/// `_Py_DumpTraceback` — faulthandler's writer, made to run in a signal handler: it allocates
+/// nothing, takes no lock and runs no Python code, so a report from inside a free may call it.
+/// It reads only this thread's own frames, which do not change while this thread is in the
+/// allocator, so the GIL is not needed. Threads without a Python thread state get nothing.
+extern "C" fn write_python_stack() {
+    let dump = DUMP_TRACEBACK.load(Relaxed);
+    if dump == 0 {
+        return;
+    }
+    // SAFETY: callable from any thread, with or without the GIL; it reads a thread-specific key.
+    let tstate = unsafe { ffi::PyGILState_GetThisThreadState() };
+    if tstate.is_null() {
+        return;
+    }
+    // SAFETY: `dump` is `_Py_DumpTraceback(int fd, PyThreadState *tstate)`, found by dlsym.
+    unsafe {
+        let dump: extern "C" fn(libc::c_int, *mut ffi::PyThreadState) = core::mem::transmute(dump);
+        dump(2, tstate);
+    }
+}
+
+/// `_Py_DumpTraceback`, looked up at install (exported by CPython 3.x, but internal: its absence
+/// must not stop the module from loading).
+static DUMP_TRACEBACK: AtomicUsize = AtomicUsize::new(0);
 
 /// The checking hooks of one domain: `gil` says whether the domain needs the GIL (MEM, OBJ).
 macro_rules! checking {
@@ -479,6 +508,12 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
     }
     FORWARD_ONLY.store(forward_only, Relaxed);
     crate::check::MODE.store(check, Relaxed);
+    if check != crate::check::OFF {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name.
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Py_DumpTraceback".as_ptr()) };
+        DUMP_TRACEBACK.store(sym as usize, Relaxed);
+        crate::check::STACK_WRITER.store(write_python_stack as *const () as usize, Relaxed);
+    }
     if have == 0 {
         match current_allocator_name() {
             Some(_) => {

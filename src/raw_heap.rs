@@ -199,7 +199,9 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     }
     // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
     // `page.local == h`.
-    while_busy(h as *mut RawHeap, |h| heap::free_to_local_page::<true>(h, page, p));
+    while_busy(h as *mut RawHeap, |h| {
+        heap::free_to_local_page::<true>(h, page, p)
+    });
     true
 }
 
@@ -224,7 +226,11 @@ fn with_heap_slow<R>(h: *mut RawHeap, f: impl FnOnce(*mut Heap) -> R) -> Option<
         let h = crate::no_unwind(null_mut(), acquire);
         if !h.is_null() {
             // SAFETY: `acquire` made `h` ours; registry entries are never freed.
-            unsafe { (*h).heap.owner_tp.store(thread_pointer().unwrap_or(0), Relaxed) };
+            unsafe {
+                (*h).heap
+                    .owner_tp
+                    .store(thread_pointer().unwrap_or(0), Relaxed)
+            };
             set_thread_heap(h);
             if let Some(key) = key() {
                 // SAFETY: `key` was created by `init`; the value is only read by `thread_exit`.

@@ -13,21 +13,22 @@ rustmalloc.install(check={check!r})
 D = DOMAINS[{domain!r}]
 junk = [str(i) * 3 for i in range(50_000)]       # ordinary work first: it must stay clean
 del junk
-p = D.malloc(40)
-kind = {kind!r}
-if kind == "double free":
-    D.free(p); D.free(p)
-elif kind == "overflow":
-    ctypes.memset(p, 0x41, 41)                    # one byte past the 40 requested
-    D.free(p)
-elif kind == "realloc overflow":
-    ctypes.memset(p, 0x41, 48)
-    D.realloc(p, 100)
-elif kind == "use after free":
-    D.free(p)
-    ctypes.memset(p + 8, 0x41, 4)
-    for i in range(5000):                          # push it out of the quarantine
-        D.free(D.malloc(40))
+def plant_bug(kind):
+    p = D.malloc(40)
+    if kind == "double free":
+        D.free(p); D.free(p)
+    elif kind == "overflow":
+        ctypes.memset(p, 0x41, 41)                # one byte past the 40 requested
+        D.free(p)
+    elif kind == "realloc overflow":
+        ctypes.memset(p, 0x41, 48)
+        D.realloc(p, 100)
+    elif kind == "use after free":
+        D.free(p)
+        ctypes.memset(p + 8, 0x41, 4)
+        for i in range(5000):                      # push it out of the quarantine
+            D.free(D.malloc(40))
+plant_bug({kind!r})
 print("finished")
 """
 
@@ -48,6 +49,14 @@ def test_planted_bug_is_reported_and_aborts(kind, domain):
     assert lines[0].startswith(MESSAGES[kind]), lines[0]
     assert "size class 64 bytes" in lines[0] and f"{domain} domain" in lines[0], lines[0]
     assert "finished" not in proc.stdout
+    # The Python stack where the bug was found follows, when it was found in the call that made
+    # it; a write after free is found later, in an unrelated call, so no stack is given for it.
+    if kind == "use after free":
+        assert "Stack (most recent call first)" not in proc.stderr, proc.stderr
+    else:
+        after = proc.stderr.split(lines[0], 1)[1]
+        assert after.lstrip().startswith("Stack (most recent call first)"), proc.stderr
+        assert "in plant_bug" in after and "in <module>" in after, proc.stderr
 
 
 @pytest.mark.parametrize("kind", list(MESSAGES))
@@ -134,4 +143,5 @@ def test_mem_without_the_gil_is_reported():
         """
     )
     assert "rustmalloc: PyMem_Malloc called by a thread that does not hold the GIL" in proc.stderr
+    assert "Stack (most recent call first)" in proc.stderr and "in <module>" in proc.stderr, proc.stderr
     assert "served" in proc.stdout
