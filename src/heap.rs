@@ -56,7 +56,7 @@ static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page {
     kind: PageKind::Free,
     domain: 0,
     full: false,
-    local: null_mut(),
+    local: AtomicPtr::new(null_mut()),
     next: null_mut(),
     prev: null_mut(),
     purged: 0,
@@ -103,9 +103,13 @@ pub struct Heap {
     pub trim_epoch_seen: u64,
     pub purge_countdown: u32,
     /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
-    /// (always 0 for the GIL heap). Only the owner stores its own value here, on taking the heap,
-    /// and clears it before handing the heap over: a thread that reads its own thread pointer
-    /// here owns the heap.
+    /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
+    /// and clears it before handing the heap over; the fork child handler clears it for every
+    /// heap of a thread that did not survive the fork. So a thread that reads its own thread
+    /// pointer here is the heap's only user: its owner, or — if the owner exited without handing
+    /// it over (no thread-exit key, or a first RAW call from the last pass of thread-exit
+    /// destructors) — the one new thread that got the dead owner's stack, and with it its thread
+    /// pointer, which then keeps using the heap, alone.
     pub owner_tp: AtomicUsize,
 }
 
@@ -138,6 +142,8 @@ unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
 
 /// Queues per domain in `Heap::queues`: one per class, and one unused (see there).
 pub const QUEUE_STRIDE: usize = NUM_CLASSES + 1;
+// `Page::counter` indexes both the queues and the per-class counters.
+const _: () = assert!(QUEUE_STRIDE == crate::stats::SLOTS);
 
 /// Whether `page` is the only page of its queue (a page the free fast path keeps when its last
 /// block is freed: a malloc/free pair at an otherwise empty class does not give it back and
@@ -258,7 +264,7 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
             }
             queue_remove(q, page);
             (*page).full = true;
-            (*page).local = null_mut(); // frees into it take the slow path, which requeues it
+            (*page).local.store(null_mut(), Relaxed); // frees into it take the slow path, which requeues it
             page = (*q).first;
         }
     }
@@ -287,7 +293,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
             }
             queue_remove(q, page);
             (*page).full = true;
-            (*page).local = null_mut(); // frees into it take the slow path, which requeues it
+            (*page).local.store(null_mut(), Relaxed); // frees into it take the slow path, which requeues it
         }
         let page = take_pages(h, 1);
         if page.is_null() {
@@ -352,7 +358,7 @@ unsafe extern "C" fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *m
         (*page).domain = domain as u8;
         (*page).class = 0;
         (*page).full = false;
-        (*page).local = null_mut();
+        (*page).local.store(null_mut(), Relaxed);
         count_large_alloc(h, domain, rounded);
         page_start(page)
     })
@@ -469,7 +475,7 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
     // For a huge block, `page_of` is a zeroed slot of its segment's header (see `HUGE_OFFSET`).
     let page = page_of(p);
     // `local == h`: a small page of `h`, not full (see `Page::local`).
-    if (*page).local == h {
+    if (*page).local.load(Relaxed) == h {
         free_to_local_page::<STATS>(h, page, p);
         return;
     }
@@ -530,7 +536,7 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
         (*page).used -= 1;
         let q = queue(h, (*page).domain as usize, (*page).class as usize);
         (*page).full = false;
-        (*page).local = h;
+        (*page).local.store(h, Relaxed);
         queue_push_front(q, page);
         // The block is where allocation happens next (see `pop`).
         (*h).counters.note_available((*page).block_size as u64);
@@ -634,7 +640,7 @@ unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
             // (to be purged, or given back whole): a full page that just got a block back is almost
             // full, so it goes first; pages with many free blocks sink to the back of the queue.
             (*page).full = false;
-            (*page).local = h;
+            (*page).local.store(h, Relaxed);
             queue_push_front(q, page);
             (*h).counters.note_available((*page).block_size as u64);
         }
@@ -940,7 +946,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         while !page.is_null() {
             assert_eq!((*page).prev, prev);
             assert!((*page).kind == PageKind::Small && !(*page).full);
-            assert_eq!((*page).local, h, "a queued page's fast-path owner");
+            assert_eq!((*page).local.load(Relaxed), h, "a queued page's fast-path owner");
             assert_eq!(
                 ((*page).domain as usize, (*page).class as usize),
                 (domain, class)

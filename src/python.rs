@@ -208,11 +208,25 @@ fn gil_missing(function: &'static str) -> bool {
 /// `check::STACK_WRITER`: the calling thread's Python stack, written to stderr by CPython's
 /// `_Py_DumpTraceback` — faulthandler's writer, made to run in a signal handler: it allocates
 /// nothing, takes no lock and runs no Python code, so a report from inside a free may call it.
-/// It reads only this thread's own frames, which do not change while this thread is in the
-/// allocator, so the GIL is not needed. Threads without a Python thread state get nothing.
+/// It reads this thread's own frames, which do not change while this thread is in the
+/// allocator, and their code objects; so the GIL is not needed (faulthandler does the same from
+/// a signal handler). One known imprecision without the GIL: a code object's line table may be
+/// built lazily by another thread that is tracing at that moment, and a line number read then
+/// can be wrong (or the read stray past the table being built). Threads without a Python thread
+/// state get nothing.
 extern "C" fn write_python_stack() {
     let dump = DUMP_TRACEBACK.load(Relaxed);
     if dump == 0 {
+        return;
+    }
+    // At shutdown, `Py_FinalizeEx` frees the thread states of daemon threads while their
+    // thread-specific slot still points at them: write no stack then.
+    let finalizing = IS_FINALIZING.load(Relaxed);
+    if finalizing == 0 {
+        return;
+    }
+    // SAFETY: `_Py_IsFinalizing(void) -> int`, found by dlsym; it reads one runtime field.
+    if unsafe { core::mem::transmute::<usize, extern "C" fn() -> libc::c_int>(finalizing)() } != 0 {
         return;
     }
     // SAFETY: callable from any thread, with or without the GIL; it reads a thread-specific key.
@@ -227,9 +241,10 @@ extern "C" fn write_python_stack() {
     }
 }
 
-/// `_Py_DumpTraceback`, looked up at install (exported by CPython 3.x, but internal: its absence
-/// must not stop the module from loading).
+/// `_Py_DumpTraceback` and `_Py_IsFinalizing`, looked up at install (exported by CPython 3.11,
+/// but internal: their absence must not stop the module from loading; without both, no stack).
 static DUMP_TRACEBACK: AtomicUsize = AtomicUsize::new(0);
+static IS_FINALIZING: AtomicUsize = AtomicUsize::new(0);
 
 /// The checking hooks of one domain: `gil` says whether the domain needs the GIL (MEM, OBJ).
 macro_rules! checking {
@@ -512,6 +527,9 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name.
         let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Py_DumpTraceback".as_ptr()) };
         DUMP_TRACEBACK.store(sym as usize, Relaxed);
+        // SAFETY: as above.
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_Py_IsFinalizing".as_ptr()) };
+        IS_FINALIZING.store(sym as usize, Relaxed);
         crate::check::STACK_WRITER.store(write_python_stack as *const () as usize, Relaxed);
     }
     if have == 0 {

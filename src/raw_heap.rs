@@ -192,7 +192,7 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
         return false;
     };
     let page = crate::segment::page_of(p);
-    let h = (*page).local;
+    let h = (*page).local.load(Relaxed);
     // Only RAW heaps have an `owner_tp`, and only their owner's thread pointer is found there.
     if h.is_null() || (*h).owner_tp.load(Relaxed) != tp {
         return false;

@@ -117,7 +117,10 @@ pub struct Page {
     /// is a small page that is not full, else null (full, a large span, a free page, and the
     /// descriptor slot a huge block's pointer maps to). One compare then stands for "ours, small,
     /// not full", so the free fast path reads no segment header.
-    pub local: *mut crate::heap::Heap,
+    ///
+    /// Atomic because threads that do not own the page read it (a free of another heap's block)
+    /// while the owner changes it; Relaxed loads and stores, plain moves on x86_64 and aarch64.
+    pub local: core::sync::atomic::AtomicPtr<crate::heap::Heap>,
     pub next: *mut Page,
     pub prev: *mut Page,
     /// OS pages of this page given back to the OS while its blocks there were free (bit k:
@@ -228,7 +231,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
                 kind: PageKind::Free,
                 domain: 0,
                 full: false,
-                local: null_mut(),
+                local: core::sync::atomic::AtomicPtr::new(null_mut()),
                 next: null_mut(),
                 prev: null_mut(),
                 purged: 0,
@@ -303,7 +306,7 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
     (*page).used = 0;
     (*page).free = null_mut();
     (*page).full = false;
-    (*page).local = null_mut();
+    (*page).local.store(null_mut(), core::sync::atomic::Ordering::Relaxed);
     (*page).purged = 0;
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;
@@ -356,7 +359,10 @@ fn find_run(bits: u64, count: usize) -> Option<usize> {
 /// # Safety
 /// `page` was just returned by `take_pages(seg, 1)`.
 pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
-    (*page).local = (*segment_of(page as *const u8)).owner;
+    (*page).local.store(
+        (*segment_of(page as *const u8)).owner,
+        core::sync::atomic::Ordering::Relaxed,
+    );
     let bs = class.block_size() as u32;
     (*page).kind = PageKind::Small;
     (*page).class = class.0;

@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub const DOMAINS: usize = 3;
 /// Index of the "large and huge blocks" slot in the per-class arrays.
 pub const LARGE_SLOT: usize = NUM_CLASSES;
-const SLOTS: usize = NUM_CLASSES + 1;
+pub const SLOTS: usize = NUM_CLASSES + 1;
 
 /// A single-writer counter: `add` is a load and a store, not an atomic RMW.
 #[repr(transparent)]
