@@ -46,23 +46,8 @@ struct EmptyPage(core::cell::UnsafeCell<Page>);
 // SAFETY: nothing ever writes to it; everyone only reads its `free` (null).
 unsafe impl Sync for EmptyPage {}
 static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page {
-    free: null_mut(),
-    used: 0,
-    block_size: 0,
-    capacity: 0,
     reserved: 1,
-    span: 0,
-    class: 0,
-    kind: PageKind::Free,
-    domain: 0,
-    full: false,
-    local: AtomicPtr::new(null_mut()),
-    next: null_mut(),
-    prev: null_mut(),
-    purged: 0,
-    free_at_purge: 0,
-    purged_blocks: 0,
-    counter: 0,
+    ..Page::free_page()
 }));
 
 #[inline(always)]

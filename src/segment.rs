@@ -136,6 +136,31 @@ pub struct Page {
     pub counter: u16,
 }
 
+impl Page {
+    /// The descriptor of a free page (no blocks, no span, in no queue).
+    pub const fn free_page() -> Page {
+        Page {
+            free: null_mut(),
+            used: 0,
+            block_size: 0,
+            capacity: 0,
+            reserved: 0,
+            span: 0,
+            class: 0,
+            kind: PageKind::Free,
+            domain: 0,
+            full: false,
+            local: core::sync::atomic::AtomicPtr::new(null_mut()),
+            next: null_mut(),
+            prev: null_mut(),
+            purged: 0,
+            free_at_purge: 0,
+            purged_blocks: 0,
+            counter: 0,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn segment_of(p: *const u8) -> *mut SegmentHeader {
     (p as usize & !(SEGMENT_SIZE - 1)) as *mut SegmentHeader
@@ -220,25 +245,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
         });
         for i in 0..PAGES_PER_SEGMENT {
             let page = page_at(seg, i);
-            page.write(Page {
-                free: null_mut(),
-                used: 0,
-                block_size: 0,
-                capacity: 0,
-                reserved: 0,
-                span: 0,
-                class: 0,
-                kind: PageKind::Free,
-                domain: 0,
-                full: false,
-                local: core::sync::atomic::AtomicPtr::new(null_mut()),
-                next: null_mut(),
-                prev: null_mut(),
-                purged: 0,
-                free_at_purge: 0,
-                purged_blocks: 0,
-                counter: 0,
-            });
+            page.write(Page::free_page());
         }
     }
     if !segment_map::register(base, SEGMENT_SIZE, segment_map::PAGES) {
