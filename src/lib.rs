@@ -33,6 +33,7 @@ pub mod segment;
 pub mod segment_map;
 pub mod size_class;
 pub mod stats;
+pub mod valgrind;
 
 #[cfg(feature = "python")]
 mod bench;
