@@ -142,6 +142,7 @@ pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
 pub unsafe fn raw_free(p: *mut u8) {
     if raw_heap::with_heap(|h| heap::free(h, p)).is_none() {
         // No heap could be had (out of memory): still never lose the block.
+        valgrind::free_like(p);
         let owner = (*segment::segment_of(p)).owner;
         if owner.is_null() {
             segment::release_segment(segment::segment_of(p));
