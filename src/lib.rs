@@ -262,3 +262,5 @@ pub unsafe fn check_gil_heap() {
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "valgrind"))]
+mod tests_valgrind;
