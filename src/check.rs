@@ -23,7 +23,7 @@
 //! blocks (they are on no free list), so it cannot erase what the checks rely on.
 //!
 //! Under valgrind memcheck (the `valgrind` feature) a checked block is a memcheck block of the
-//! `n` bytes asked for: the heap's record of the padded block is replaced on allocation, the
+//! `n` bytes asked for: the heap's record of the padded block is cut down on allocation, the
 //! canary and size slot are unaddressable except while the checks read or write them, and a
 //! block in the quarantine is freed as far as memcheck knows (so it reports a use after free at
 //! once). Before a block really goes back to the heap it is registered again (empty), since the
@@ -127,13 +127,15 @@ fn domain_name(d: usize) -> &'static str {
 /// `p` is a live block of ours of at least `n + EXTRA` usable bytes.
 unsafe fn prepare(p: *mut u8, n: usize, zeroed: bool) {
     let bs = usable_size(p);
-    vg::free_like(p);
-    vg::undefined(p, bs);
+    vg::resized_in_place(p, bs, n); // memcheck's record: the n bytes asked for
+    vg::undefined(p.add(n), bs - n);
     core::ptr::write_bytes(p, if zeroed { 0 } else { FRESH }, n);
     core::ptr::write_bytes(p.add(n), CANARY, bs - 8 - n);
     (p.add(bs - 8) as *mut u64).write_unaligned(n as u64);
-    vg::noaccess(p, bs);
-    vg::malloc_like(p, n, zeroed); // to memcheck, FRESH bytes are undefined, as they should be
+    vg::noaccess(p.add(n), bs - n);
+    if !zeroed {
+        vg::undefined(p, n); // to memcheck, FRESH bytes are uninitialised, as they are
+    }
 }
 
 /// The user size of a checked block, after checking it is live and its canary intact; None if
