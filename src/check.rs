@@ -21,8 +21,16 @@
 //! free) unless the mode is "warn". Reporting allocates nothing. Blocks larger than
 //! `QUARANTINE_MAX_BLOCK` are checked but not quarantined. Purging never touches quarantined
 //! blocks (they are on no free list), so it cannot erase what the checks rely on.
+//!
+//! Under valgrind memcheck (the `valgrind` feature) a checked block is a memcheck block of the
+//! `n` bytes asked for: the heap's record of the padded block is cut down on allocation, the
+//! canary and size slot are unaddressable except while the checks read or write them, and a
+//! block in the quarantine is freed as far as memcheck knows (so it reports a use after free at
+//! once). Before a block really goes back to the heap it is registered again (empty), since the
+//! heap's free ends that record.
 
 use crate::usable_size;
+use crate::valgrind as vg;
 use core::fmt::Write;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
@@ -141,9 +149,15 @@ fn domain_name(d: usize) -> &'static str {
 /// `p` is a live block of ours of at least `n + EXTRA` usable bytes.
 unsafe fn prepare(p: *mut u8, n: usize, zeroed: bool) {
     let bs = usable_size(p);
+    vg::resized_in_place(p, bs, n); // memcheck's record: the n bytes asked for
+    vg::undefined(p.add(n), bs - n);
     core::ptr::write_bytes(p, if zeroed { 0 } else { FRESH }, n);
     core::ptr::write_bytes(p.add(n), CANARY, bs - 8 - n);
     (p.add(bs - 8) as *mut u64).write_unaligned(n as u64);
+    vg::noaccess(p.add(n), bs - n);
+    if !zeroed {
+        vg::undefined(p, n); // to memcheck, FRESH bytes are uninitialised, as they are
+    }
 }
 
 /// The user size of a checked block, after checking it is live and its canary intact; None if
@@ -151,7 +165,9 @@ unsafe fn prepare(p: *mut u8, n: usize, zeroed: bool) {
 unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
     let bs = usable_size(p);
     let domain = crate::heap::block_domain(p);
+    vg::defined(p.add(bs - 8), 8);
     let n = (p.add(bs - 8) as *const u64).read_unaligned();
+    vg::noaccess(p.add(bs - 8), 8);
     if n == FREED_MARK {
         report(
             format_args!(
@@ -180,8 +196,11 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
         return None;
     }
     let n = n as usize;
+    vg::defined(p.add(n), bs - 8 - n);
     let canary = core::slice::from_raw_parts(p.add(n), bs - 8 - n);
-    if let Some(off) = canary.iter().position(|&b| b != CANARY) {
+    let changed = canary.iter().position(|&b| b != CANARY);
+    vg::noaccess(p.add(n), bs - 8 - n);
+    if let Some(off) = changed {
         report(
             format_args!(
                 "write past the end of block {:p} ({} bytes requested, size class {} bytes, {} \
@@ -222,10 +241,13 @@ pub unsafe fn free(p: *mut u8, call: &Call, free: impl Fn(*mut u8)) {
         return; // warn mode: leave a suspicious block alone rather than free it twice
     }
     let bs = usable_size(p);
+    vg::free_like(p);
+    vg::undefined(p, bs);
     core::ptr::write_bytes(p, FREED, bs - 8);
     (p.add(bs - 8) as *mut u64).write_unaligned(FREED_MARK);
+    vg::noaccess(p, bs);
     if bs > QUARANTINE_MAX_BLOCK {
-        free(p);
+        free_now(p, &free);
         return;
     }
     lock();
@@ -268,8 +290,11 @@ pub unsafe fn free(p: *mut u8, call: &Call, free: impl Fn(*mut u8)) {
 /// `p` is a live block of ours that was taken out of the quarantine; `free` frees a block of ours.
 unsafe fn release(p: *mut u8, free: &impl Fn(*mut u8)) {
     let bs = usable_size(p);
+    vg::defined(p, bs - 8);
     let body = core::slice::from_raw_parts(p, bs - 8);
-    if let Some(off) = body.iter().position(|&b| b != FREED) {
+    let changed = body.iter().position(|&b| b != FREED);
+    vg::noaccess(p, bs - 8);
+    if let Some(off) = changed {
         report(
             format_args!(
                 "write to freed block {:p} (size class {} bytes, {} domain): byte {} was changed \
@@ -285,6 +310,15 @@ unsafe fn release(p: *mut u8, free: &impl Fn(*mut u8)) {
             return; // leak it: it is still being written to
         }
     }
+    free_now(p, free);
+}
+
+/// Really free a checked block that memcheck already saw freed (see the module doc).
+///
+/// # Safety
+/// `p` is a block of ours out of the quarantine (or never in it); `free` frees a block of ours.
+unsafe fn free_now(p: *mut u8, free: &impl Fn(*mut u8)) {
+    vg::malloc_like(p, 0, false);
     free(p);
 }
 

@@ -20,6 +20,7 @@ use crate::segment::{
 };
 use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX, TABLE_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
+use crate::valgrind as vg;
 use core::ptr::{self, null_mut};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 
@@ -149,7 +150,9 @@ unsafe fn sole_page(h: *mut Heap, page: *mut Page) -> bool {
 /// The caller is `h`'s owner (see the module doc) and `domain < DOMAINS`.
 #[inline(always)]
 pub unsafe fn alloc(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
-    alloc_counted::<true>(h, size, domain)
+    let p = alloc_counted::<true>(h, size, domain);
+    vg::malloc_like(p, size, false);
+    p
 }
 
 /// `alloc`, with the fast path's statistics compiled in or out (`STATS = false` exists only
@@ -181,7 +184,7 @@ pub unsafe fn alloc_counted<const STATS: bool>(
             // on the fast path, and the next allocation's slow path moves on if none came.
             // (Taking it out at once made a malloc/free pair at such a page requeue it each
             // time.)
-            (*page).free = *(block as *mut *mut u8);
+            (*page).free = vg::read_link(block);
             (*page).used += 1;
             if STATS {
                 // SAFETY: `domain < DOMAINS` (callers' contract), `class < NUM_CLASSES`.
@@ -208,7 +211,9 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
             return null_mut();
         };
         if total > LARGE_MAX {
-            return alloc_huge(h, total, domain); // a fresh mapping reads as zeros
+            let p = alloc_huge(h, total, domain); // a fresh mapping reads as zeros
+            vg::malloc_like(p, total, true);
+            return p;
         }
         let p = alloc(h, total, domain);
         if !p.is_null() {
@@ -307,7 +312,7 @@ unsafe fn carve(h: *mut Heap, page: *mut Page) -> bool {
 #[inline(always)]
 unsafe fn pop(h: *mut Heap, page: *mut Page, class: usize, domain: usize) -> *mut u8 {
     let block = (*page).free;
-    (*page).free = *(block as *mut *mut u8);
+    (*page).free = vg::read_link(block);
     // The page's free blocks are now where allocation happens: they count towards the peak
     // sampling throttle (see `Counters::note_available`).
     let bs = (*page).block_size as u64;
@@ -448,6 +453,7 @@ unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
 /// `p` is a live block of ours (`segment_map::owns(p)`), and the caller is `h`'s owner.
 #[inline(always)]
 pub unsafe fn free(h: *mut Heap, p: *mut u8) {
+    vg::free_like(p);
     free_counted::<true>(h, p)
 }
 
@@ -478,7 +484,7 @@ pub unsafe fn free_to_local_page<const STATS: bool>(h: *mut Heap, page: *mut Pag
         // indexes the flattened `frees` array in bounds.
         (*h).counters.free_counter((*page).counter as usize).add(1);
     }
-    *(p as *mut *mut u8) = (*page).free;
+    vg::write_link(p, (*page).free);
     (*page).free = p;
     (*page).used -= 1;
     if (*page).used == 0 && !sole_page(h, page) {
@@ -493,7 +499,7 @@ pub unsafe fn free_to_local_page<const STATS: bool>(h: *mut Heap, page: *mut Pag
 /// The caller is `h`'s owner; `p` is a live block of `page`, a small page of `h`.
 #[inline(always)]
 unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
-    *(p as *mut *mut u8) = (*page).free;
+    vg::write_link(p, (*page).free);
     (*page).free = p;
     (*page).used -= 1;
     if (*page).used == 0 || (*page).full {
@@ -516,7 +522,7 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
         debug_assert!((*page).full);
         // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`).
         (*h).counters.free_counter((*page).counter as usize).add(1);
-        *(p as *mut *mut u8) = (*page).free;
+        vg::write_link(p, (*page).free);
         (*page).free = p;
         (*page).used -= 1;
         let q = queue(h, (*page).domain as usize, (*page).class as usize);
@@ -575,7 +581,7 @@ pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
     let remote = &(*owner).remote;
     let mut head = remote.load(Relaxed);
     loop {
-        *(p as *mut *mut u8) = head;
+        vg::write_link(p, head);
         match remote.compare_exchange_weak(head, p, Release, Relaxed) {
             Ok(_) => return,
             Err(now) => head = now,
@@ -594,7 +600,7 @@ pub unsafe fn collect_remote(h: *mut Heap) {
     }
     let mut b = (*h).remote.swap(null_mut(), Acquire);
     while !b.is_null() {
-        let next = *(b as *mut *mut u8);
+        let next = vg::read_link(b);
         free_local_uncounted(h, page_of(b), b);
         b = next;
     }
@@ -674,7 +680,9 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             old_size = (*seg).huge_size;
             if size > LARGE_MAX {
                 let d = (*seg).huge_domain as usize;
+                let record = vg::detach(p, old_size);
                 let q = huge_resize(seg, size);
+                vg::attach(record, q, size);
                 if !q.is_null() {
                     count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
                 }
@@ -686,6 +694,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             if (*page).kind == PageKind::Small {
                 // Same block if the request still fits and would not fit a class half the size.
                 if size <= old_size && size.max(8) * 2 >= old_size {
+                    vg::resized_in_place(p, old_size, size);
                     return p;
                 }
             } else if size > SMALL_MAX && size <= LARGE_MAX {
@@ -704,6 +713,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                     let rounded = segment::huge_rounded(size);
                     count_large_resize(h, (*page).domain as usize, old_size, rounded);
                     (*page).block_size = rounded as u32;
+                    vg::resized_in_place(p, old_size, size);
                     return p;
                 }
             }
@@ -712,7 +722,8 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
         if q.is_null() {
             return null_mut();
         }
-        ptr::copy_nonoverlapping(p, q, old_size.min(size));
+        // The copy stops at the requested size (under memcheck the rest is unaddressable).
+        ptr::copy_nonoverlapping(p, q, vg::requested_size(p, old_size).min(size));
         free(h, p);
         q
     })
@@ -947,7 +958,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
                 );
                 n += 1;
                 assert!(n <= (*page).capacity, "free list cycle");
-                b = *(b as *mut *mut u8);
+                b = vg::read_link(b);
             }
             assert_eq!(
                 (*page).used + n + (*page).purged_blocks as u32,

@@ -16,7 +16,8 @@
 //!   os.rs: mmap / munmap / mremap / madvise
 //! ```
 //! Sizes: `size_class.rs` (16-byte steps to 512, then 4 classes per doubling to 32 KiB); large
-//! blocks (to 2 MiB) are spans of pages; huge ones get their own mapping.
+//! blocks (to 2 MiB) are spans of pages; huge ones get their own mapping. `valgrind.rs`: the
+//! memcheck client requests of the `valgrind` feature (nothing without it).
 //!
 //! Invariants that everything relies on:
 //! - every block lies in a segment registered in the ownership map, at an address 16-aligned;
@@ -33,6 +34,7 @@ pub mod segment;
 pub mod segment_map;
 pub mod size_class;
 pub mod stats;
+pub mod valgrind;
 
 #[cfg(feature = "python")]
 mod bench;
@@ -158,6 +160,7 @@ unsafe extern "C" fn raw_free_other(p: *mut u8) {
     });
     if !freed {
         // No heap could be had (out of memory): still never lose the block.
+        valgrind::free_like(p);
         let owner = (*segment::segment_of(p)).owner;
         if owner.is_null() {
             segment::release_segment(segment::segment_of(p));
@@ -277,3 +280,5 @@ pub unsafe fn check_gil_heap() {
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "valgrind"))]
+mod tests_valgrind;

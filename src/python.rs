@@ -731,6 +731,8 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crate::bench::register(m)?;
     crate::stress::register(m)?;
     m.add("SMALL_MAX", crate::size_class::SMALL_MAX)?;
+    // Built with the `valgrind` feature (memcheck client requests; see src/valgrind.rs).
+    m.add("VALGRIND", cfg!(feature = "valgrind"))?;
     m.add("LARGE_MAX", crate::segment::LARGE_MAX)?;
     Ok(())
 }

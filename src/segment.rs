@@ -24,6 +24,7 @@
 use crate::os;
 use crate::segment_map;
 use crate::size_class::{SizeClass, SMALL_MAX};
+use crate::valgrind as vg;
 use core::ptr::null_mut;
 
 /// log2 of the segment size.
@@ -254,6 +255,8 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
     }
     // Keep transparent huge pages from refilling the ranges we purge (see `purge`).
     os::no_huge_pages(base, SEGMENT_SIZE);
+    // Everything but the metadata page is free memory: no one's to touch.
+    vg::noaccess(base.wrapping_add(PAGE_SIZE), SEGMENT_SIZE - PAGE_SIZE);
     count_segment(1);
     seg
 }
@@ -430,7 +433,7 @@ pub unsafe fn purge_page(page: *mut Page) -> usize {
             free_bytes[k] += hi.min((k + 1) * ps) - lo.max(k * ps);
             k += 1;
         }
-        b = *(b as *mut *mut u8);
+        b = vg::read_link(b);
     }
     let mut purge = 0u16;
     for (k, &f) in free_bytes.iter().enumerate().take(n) {
@@ -445,20 +448,29 @@ pub unsafe fn purge_page(page: *mut Page) -> usize {
         (first..=last).any(|k| all_purged & (1 << k) != 0)
     };
     let mut kept: *mut u8 = null_mut();
-    let mut tail: *mut *mut u8 = &mut kept;
+    let head: *mut *mut u8 = &mut kept;
+    let mut tail = head;
     let mut cut = 0u32;
     let mut b = (*page).free;
     while !b.is_null() {
-        let next = *(b as *mut *mut u8);
+        let next = vg::read_link(b);
         if touches(b as usize - start) {
             cut += 1;
         } else {
             *tail = b;
+            // Under memcheck a kept block's link stays open while it is the tail.
+            if tail != head {
+                vg::noaccess(tail as *mut u8, 8);
+            }
+            vg::undefined(b, 8);
             tail = b as *mut *mut u8;
         }
         b = next;
     }
     *tail = null_mut();
+    if tail != head {
+        vg::noaccess(tail as *mut u8, 8);
+    }
     (*page).free = kept;
     (*page).purged_blocks += cut as u16;
     (*page).purged = all_purged;
@@ -503,7 +515,7 @@ pub unsafe fn unpurge_page(page: *mut Page) -> bool {
         let (first, last) = (lo / ps, (lo + bs - 1) / ps);
         if (first..=last).any(|k| purged & (1 << k) != 0) {
             let b = (start + lo) as *mut u8;
-            *(b as *mut *mut u8) = head;
+            vg::write_link(b, head);
             head = b;
         }
     }
@@ -577,10 +589,10 @@ pub unsafe fn extend_free_list(page: *mut Page) -> u32 {
     let mut b = first;
     for _ in 1..batch {
         let next = b.add(bs);
-        (b as *mut *mut u8).write(next);
+        vg::write_link(b, next);
         b = next;
     }
-    (b as *mut *mut u8).write(null_mut());
+    vg::write_link(b, null_mut());
     (*page).free = first;
     (*page).capacity = cap + batch as u32;
     batch as u32
@@ -622,6 +634,8 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
         return null_mut();
     }
     count_segment(1);
+    // The block's record (its requested size) is the caller's to make; the rest is no one's.
+    vg::noaccess(base.wrapping_add(HUGE_OFFSET), mapped - HUGE_OFFSET);
     base.wrapping_add(HUGE_OFFSET)
 }
 

@@ -16,3 +16,16 @@ def _rustmalloc_is_installed():
     if proc.returncode != 0:
         pytest.fail("rustmalloc is not importable in a fresh interpreter (run `pip install .` in the "
                     "project root first):\n" + proc.stderr, pytrace=False)
+
+
+# Under valgrind (scripts/memcheck.py) every interpreter runs 20 to 50 times slower: the timeouts
+# the tests give their subprocesses are multiplied by RUSTMALLOC_TEST_TIMEOUT_SCALE (subprocess.run
+# waits through Popen.communicate, as do the tests that wait themselves).
+_TIMEOUT_SCALE = float(os.environ.get("RUSTMALLOC_TEST_TIMEOUT_SCALE", "1"))
+if _TIMEOUT_SCALE != 1:
+    _communicate = subprocess.Popen.communicate
+
+    def _communicate_scaled(self, input=None, timeout=None):
+        return _communicate(self, input, None if timeout is None else timeout * _TIMEOUT_SCALE)
+
+    subprocess.Popen.communicate = _communicate_scaled
