@@ -729,6 +729,28 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
     })
 }
 
+/// Whether `p`, a pointer into our segments, is the start of a live block (small, large or
+/// huge) rather than a pointer inside one. Reads only our own metadata.
+///
+/// # Safety
+/// `segment_map::owns(p)`.
+pub unsafe fn is_block_start(p: *const u8) -> bool {
+    let seg = segment_of(p);
+    if (*seg).kind == SegmentKind::Huge {
+        return p as usize == seg as usize + segment::HUGE_OFFSET;
+    }
+    let page = page_of(p);
+    let off = p as usize - page_start(page) as usize;
+    match (*page).kind {
+        PageKind::Small => {
+            let bs = (*page).block_size as usize;
+            off % bs == 0 && off / bs < (*page).capacity as usize
+        }
+        PageKind::Large => off == 0,
+        PageKind::Free => false,
+    }
+}
+
 /// The domain a block of ours belongs to.
 ///
 /// # Safety
@@ -942,7 +964,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         while !page.is_null() {
             assert_eq!((*page).prev, prev);
             assert!((*page).kind == PageKind::Small && !(*page).full);
-            assert_eq!((*page).local.load(Relaxed), h, "a queued page's fast-path owner");
+            assert_eq!(
+                (*page).local.load(Relaxed),
+                h,
+                "a queued page's fast-path owner"
+            );
             assert_eq!(
                 ((*page).domain as usize, (*page).class as usize),
                 (domain, class)

@@ -78,6 +78,16 @@ pub fn owns(p: *const u8) -> bool {
     segment_map::owns(p)
 }
 
+/// `owns(p)`, and `p` is where one of our blocks starts. The hooks use it instead of `owns` when
+/// the allocator before us is CPython's debug hooks: those serve MEM/OBJ from pymalloc, which
+/// takes requests over 512 bytes from `PyMem_RawMalloc` — ours once RAW is installed — and hand
+/// out that block plus their 16-byte header. Such a pointer lies in our segments but is theirs.
+/// O(1); a division on the way, so only then.
+pub fn owns_block_start(p: *const u8) -> bool {
+    // SAFETY: `owns(p)` holds, so the metadata read is ours.
+    owns(p) && unsafe { heap::is_block_start(p) }
+}
+
 /// The usable size of a block of ours.
 ///
 /// # Safety

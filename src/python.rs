@@ -15,7 +15,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
 use pyo3::prelude::*;
 
-use crate::{owns, MEM, OBJ, RAW};
+use crate::{owns, owns_block_start, MEM, OBJ, RAW};
 
 /// The allocators we replaced, per domain; written once, under the GIL, before our hook for
 /// that domain is set, and only read afterwards.
@@ -38,6 +38,9 @@ static ORIGINAL: Saved = Saved(UnsafeCell::new([EMPTY; 3]));
 static INSTALLED: AtomicU8 = AtomicU8::new(0);
 /// The hooks installed only forward to the previous allocator (benchmark floor).
 static FORWARD_ONLY: AtomicBool = AtomicBool::new(false);
+/// The allocator before us is CPython's debug hooks: ownership is tested with
+/// `owns_block_start` (set by the first install).
+static STRICT_OWNERSHIP: AtomicBool = AtomicBool::new(false);
 
 #[inline(always)]
 fn previous(domain: usize) -> &'static PyMemAllocatorEx {
@@ -55,31 +58,39 @@ extern "C" fn raw_calloc(_ctx: *mut c_void, n: usize, size: usize) -> *mut c_voi
     crate::raw_calloc(n, size) as *mut c_void
 }
 
-extern "C" fn raw_realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
-    if p.is_null() {
-        return raw_malloc(_ctx, size);
-    }
-    if owns(p as *const u8) {
-        // SAFETY: `p` is a live block of ours (the caller passes only live pointers).
-        return unsafe { crate::raw_realloc(p as *mut u8, size) } as *mut c_void;
-    }
-    forward_realloc(RAW, p, size)
+/// The realloc and free hooks of one domain, with `$owns` as the ownership test: `owns` normally,
+/// `owns_block_start` when the allocator before us is CPython's debug hooks (see there; a block
+/// of theirs can lie inside one of ours).
+macro_rules! raw_free_hooks {
+    ($owns:path, $realloc:ident, $free:ident) => {
+        extern "C" fn $realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
+            if p.is_null() {
+                return raw_malloc(_ctx, size);
+            }
+            if $owns(p as *const u8) {
+                // SAFETY: `p` is a live block of ours (the caller passes only live pointers).
+                return unsafe { crate::raw_realloc(p as *mut u8, size) } as *mut c_void;
+            }
+            forward_realloc(RAW, p, size)
+        }
+        extern "C" fn $free(_ctx: *mut c_void, p: *mut c_void) {
+            // NULL is not ours: `forward_free` ignores it (see the MEM/OBJ hooks).
+            if $owns(p as *const u8) {
+                // SAFETY: as in the realloc hook.
+                unsafe { crate::raw_free(p as *mut u8) };
+            } else {
+                forward_free(RAW, p);
+            }
+        }
+    };
 }
-
-extern "C" fn raw_free(_ctx: *mut c_void, p: *mut c_void) {
-    // NULL is not ours: `forward_free` ignores it (see the MEM/OBJ hooks).
-    if owns(p as *const u8) {
-        // SAFETY: as in `raw_realloc`.
-        unsafe { crate::raw_free(p as *mut u8) };
-    } else {
-        forward_free(RAW, p);
-    }
-}
+raw_free_hooks!(owns, raw_realloc, raw_free);
+raw_free_hooks!(owns_block_start, raw_realloc_strict, raw_free_strict);
 
 // ---- MEM and OBJ: the GIL is held ---------------------------------------------------------
 
 macro_rules! gil_hooks {
-    ($domain:expr, $malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
+    ($domain:expr, $malloc:ident, $calloc:ident) => {
         extern "C" fn $malloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
             // SAFETY: CPython calls MEM/OBJ with the GIL held.
             unsafe { crate::gil_malloc($domain, size) as *mut c_void }
@@ -88,11 +99,17 @@ macro_rules! gil_hooks {
             // SAFETY: as above.
             unsafe { crate::gil_calloc($domain, n, size) as *mut c_void }
         }
+    };
+}
+
+/// As `raw_free_hooks`, for MEM and OBJ.
+macro_rules! gil_free_hooks {
+    ($domain:expr, $owns:path, $malloc:ident, $realloc:ident, $free:ident) => {
         extern "C" fn $realloc(_ctx: *mut c_void, p: *mut c_void, size: usize) -> *mut c_void {
             if p.is_null() {
                 return $malloc(_ctx, size);
             }
-            if owns(p as *const u8) {
+            if $owns(p as *const u8) {
                 // SAFETY: the GIL is held and `p` is a live block of ours.
                 return unsafe { crate::gil_realloc($domain, p as *mut u8, size) as *mut c_void };
             }
@@ -101,7 +118,7 @@ macro_rules! gil_hooks {
         extern "C" fn $free(_ctx: *mut c_void, p: *mut c_void) {
             // NULL is not ours: it goes to `forward_free`, which does nothing with it; the fast
             // path pays no separate test for it.
-            if owns(p as *const u8) {
+            if $owns(p as *const u8) {
                 // SAFETY: as above. Whichever heap owns the block gets it back, so a MEM/OBJ
                 // (or RAW) mix-up cannot corrupt anything.
                 unsafe { crate::gil_free(p as *mut u8) };
@@ -111,8 +128,24 @@ macro_rules! gil_hooks {
         }
     };
 }
-gil_hooks!(MEM, mem_malloc, mem_calloc, mem_realloc, mem_free);
-gil_hooks!(OBJ, obj_malloc, obj_calloc, obj_realloc, obj_free);
+gil_hooks!(MEM, mem_malloc, mem_calloc);
+gil_hooks!(OBJ, obj_malloc, obj_calloc);
+gil_free_hooks!(MEM, owns, mem_malloc, mem_realloc, mem_free);
+gil_free_hooks!(OBJ, owns, obj_malloc, obj_realloc, obj_free);
+gil_free_hooks!(
+    MEM,
+    owns_block_start,
+    mem_malloc,
+    mem_realloc_strict,
+    mem_free_strict
+);
+gil_free_hooks!(
+    OBJ,
+    owns_block_start,
+    obj_malloc,
+    obj_realloc_strict,
+    obj_free_strict
+);
 
 // `extern "C"` (it cannot unwind; a panic here would abort in the hook anyway): the hooks then
 // reach it by a tail call, with no landing pad and no stack frame on their fast paths.
@@ -264,7 +297,7 @@ macro_rules! checking {
             if p.is_null() {
                 return $malloc(_ctx, size);
             }
-            if !owns(p as *const u8) {
+            if !owns_block_start(p as *const u8) {
                 return forward_realloc($domain, p, size);
             }
             let raw = $domain == RAW || ($gil && gil_missing($names[2]));
@@ -286,7 +319,7 @@ macro_rules! checking {
             if p.is_null() {
                 return;
             }
-            if !owns(p as *const u8) {
+            if !owns_block_start(p as *const u8) {
                 return forward_free($domain, p);
             }
             let raw = $domain == RAW || ($gil && gil_missing($names[3]));
@@ -373,7 +406,7 @@ type Hooks = (
     extern "C" fn(*mut c_void, *mut c_void),
 );
 
-fn hooks(domain: usize, forward_only: bool, checking: bool) -> PyMemAllocatorEx {
+fn hooks(domain: usize, forward_only: bool, checking: bool, strict: bool) -> PyMemAllocatorEx {
     let (malloc, calloc, realloc, free): Hooks = match (domain, forward_only, checking) {
         (RAW, true, _) => (
             fwd_raw_malloc,
@@ -411,6 +444,9 @@ fn hooks(domain: usize, forward_only: bool, checking: bool) -> PyMemAllocatorEx 
             chk_obj_realloc,
             chk_obj_free,
         ),
+        (RAW, _, _) if strict => (raw_malloc, raw_calloc, raw_realloc_strict, raw_free_strict),
+        (MEM, _, _) if strict => (mem_malloc, mem_calloc, mem_realloc_strict, mem_free_strict),
+        (_, _, _) if strict => (obj_malloc, obj_calloc, obj_realloc_strict, obj_free_strict),
         (RAW, _, _) => (raw_malloc, raw_calloc, raw_realloc, raw_free),
         (MEM, _, _) => (mem_malloc, mem_calloc, mem_realloc, mem_free),
         (_, _, _) => (obj_malloc, obj_calloc, obj_realloc, obj_free),
@@ -534,7 +570,10 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
     }
     if have == 0 {
         match current_allocator_name() {
-            Some(_) => {
+            Some(name) => {
+                // CPython's debug hooks hand out blocks that can lie inside ours (see
+                // `owns_block_start`): then every free and realloc checks for a block start.
+                STRICT_OWNERSHIP.store(name.ends_with("_debug"), Relaxed);
                 // SAFETY: under the GIL, before any of our hooks exists.
                 let original = unsafe { &mut *ORIGINAL.0.get() };
                 for (d, slot) in original.iter_mut().enumerate() {
@@ -560,7 +599,8 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
         // PyMem_SetAllocator copies the struct.
         unsafe {
             (*PREVIOUS.0.get())[d] = current(d);
-            let mut mine = hooks(d, forward_only, check != crate::check::OFF);
+            let strict = STRICT_OWNERSHIP.load(Relaxed);
+            let mut mine = hooks(d, forward_only, check != crate::check::OFF, strict);
             ffi::PyMem_SetAllocator(ffi_domain(d), &mut mine);
         }
         INSTALLED.fetch_or(1 << d, Release);
@@ -715,6 +755,26 @@ fn py_owns(address: usize) -> bool {
     crate::owns(address as *const u8)
 }
 
+/// Whether `address` is where one of rustmalloc's blocks starts (tests and diagnostics).
+#[pyfunction]
+fn _owns_block_start(address: usize) -> bool {
+    crate::owns_block_start(address as *const u8)
+}
+
+/// Walk the GIL heap and the calling thread's RAW heap and check their invariants (tests);
+/// raises on the first violation.
+#[pyfunction]
+fn _check_heaps(_py: Python<'_>) {
+    // SAFETY: the GIL is held; the RAW heap is this thread's own for the call.
+    unsafe {
+        crate::check_gil_heap();
+        crate::raw_heap::with_heap(|h| {
+            crate::heap::collect_remote(h);
+            crate::heap::check_invariants(h);
+        });
+    }
+}
+
 #[pymodule]
 fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_install, m)?)?;
@@ -728,6 +788,8 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DOMAIN_FIELDS", DOMAIN_FIELDS)?;
     m.add_function(wrap_pyfunction!(_heap_counts, m)?)?;
     m.add_function(wrap_pyfunction!(py_owns, m)?)?;
+    m.add_function(wrap_pyfunction!(_owns_block_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_check_heaps, m)?)?;
     crate::bench::register(m)?;
     crate::stress::register(m)?;
     m.add("SMALL_MAX", crate::size_class::SMALL_MAX)?;

@@ -198,8 +198,8 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
         return false;
     }
     crate::valgrind::free_like(p); // as `heap::free` does
-    // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
-    // `page.local == h`.
+                                   // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
+                                   // `page.local == h`.
     while_busy(h as *mut RawHeap, |h| {
         heap::free_to_local_page::<true>(h, page, p)
     });

@@ -316,7 +316,9 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
     (*page).used = 0;
     (*page).free = null_mut();
     (*page).full = false;
-    (*page).local.store(null_mut(), core::sync::atomic::Ordering::Relaxed);
+    (*page)
+        .local
+        .store(null_mut(), core::sync::atomic::Ordering::Relaxed);
     (*page).purged = 0;
     (*page).purged_blocks = 0;
     (*page).free_at_purge = 0;

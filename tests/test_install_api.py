@@ -264,6 +264,35 @@ def test_pythonmalloc_environment(pythonmalloc):
     """, extra_env={"PYTHONMALLOC": pythonmalloc}, expect_empty_stderr=True)
 
 
+@pytest.mark.parametrize("pythonmalloc", ["debug", "malloc_debug"])
+def test_debug_hooks_blocks_inside_ours_go_back_to_them(pythonmalloc):
+    """Over the debug hooks, a list grown after install() from a pre-install block is reallocated
+    by them, over pymalloc, which takes requests over 512 bytes from PyMem_RawMalloc (ours): the
+    list's items pointer lies 16 bytes (their header) inside one of our blocks. Its free must go
+    to the debug hooks, not be taken for a block of ours (which would put a pointer 16 bytes into
+    a block on a free list)."""
+    run_python("""
+        import rustmalloc
+        from rustmalloc._rustmalloc import owns, _owns_block_start, _check_heaps
+        grow = [[i] for i in range(2000)]
+        rustmalloc.install()
+        for l in grow:
+            l.extend(range(100))                      # a realloc of a pre-install block
+        items = [ctypes.c_void_p.from_address(id(l) + 24).value for l in grow]  # ob_item
+        inside = [p for p in items if owns(p) and not _owns_block_start(p)]
+        if PYTHONMALLOC == "debug":
+            check(len(inside) > 1000, f"{len(inside)} of {len(items)} inside our blocks")
+        del grow, items                               # the frees: back to the debug hooks
+        _check_heaps()
+        for _ in range(3):
+            junk = [[j] * 120 for j in range(3000)]   # reuse the freed memory
+            del junk
+        _check_heaps()
+        check(python_churn() > 0)
+    """.replace("PYTHONMALLOC", repr(pythonmalloc)), extra_env={"PYTHONMALLOC": pythonmalloc},
+        expect_empty_stderr=True)
+
+
 @pytest.mark.skipif(not HAVE_TESTCAPI, reason="_testcapi is not available in this CPython build")
 def test_install_refuses_unknown_allocator_hook():
     proc = run_python("""
