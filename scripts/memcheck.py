@@ -210,7 +210,10 @@ def main() -> int:
         return 2
     started = time.monotonic()
     python = prepare_venv(args.python, args.venv.resolve(), install=not args.no_install)
-    env = _clean_env()
+    # The pytest run keeps this environment as an ordinary run would (some tests rely on, e.g.,
+    # PYTHONUNBUFFERED for the order of their subprocesses' output), less rustmalloc's variables.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RUSTMALLOC") and k not in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__")}
     env["PYTHONMALLOC"] = "malloc"
     env["RUSTMALLOC_TEST_TIMEOUT_SCALE"] = str(TIMEOUT_SCALE)
 
