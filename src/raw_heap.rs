@@ -140,13 +140,10 @@ pub fn init() {
 /// memory for one).
 #[inline(always)]
 pub fn with_heap<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
-    if let Some(tp) = thread_pointer() {
-        let h = cache_slot(tp).load(Relaxed);
-        // SAFETY: cached heaps are registry entries, never freed; `owner_tp == tp` means this
-        // thread owns `h` (see `Heap::owner_tp`).
-        if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
-            return Some(unsafe { while_busy(h, f) });
-        }
+    let h = cached_heap();
+    if !h.is_null() {
+        // SAFETY: `cached_heap` returns only a heap this thread owns.
+        return Some(unsafe { while_busy(h, f) });
     }
     with_heap_uncached(f)
 }
@@ -155,14 +152,28 @@ pub fn with_heap<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
 /// their fast path.
 #[inline(always)]
 pub fn with_heap_or<R>(or: R, f: impl FnOnce(*mut Heap) -> R) -> R {
-    if let Some(tp) = thread_pointer() {
-        let h = cache_slot(tp).load(Relaxed);
+    let h = cached_heap();
+    if !h.is_null() {
         // SAFETY: as in `with_heap`.
-        if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
-            return unsafe { while_busy(h, f) };
-        }
+        return unsafe { while_busy(h, f) };
     }
     with_heap_uncached(f).unwrap_or(or)
+}
+
+/// The calling thread's heap if the cache has it (`HEAP_CACHE`), else null.
+#[inline(always)]
+fn cached_heap() -> *mut RawHeap {
+    let Some(tp) = thread_pointer() else {
+        return null_mut();
+    };
+    let h = cache_slot(tp).load(Relaxed);
+    // SAFETY: cached heaps are registry entries, never freed; `owner_tp == tp` means this
+    // thread owns `h` (see `Heap::owner_tp`).
+    if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
+        h
+    } else {
+        null_mut()
+    }
 }
 
 /// `with_heap` when the cache has no entry for this thread: through `THREAD_HEAP`, refilling
