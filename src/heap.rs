@@ -8,7 +8,11 @@
 //!
 //! Page queue invariant: a small page is in the queue of its (domain, class) iff `!full`; the
 //! first page of a queue is where allocation happens, and pages that were full and got a block
-//! back enter at the front (fullest first, as pymalloc's used pools). A page whose last block is freed goes back
+//! back join at the back (as in mimalloc, unlike pymalloc's used pools): allocation works through
+//! the queue in order, so a page it reaches again has gathered the frees of a whole pass, and a
+//! churn over a large live set makes a page go full and back once per pass instead of on most
+//! frees (78 instructions per call on the churn benchmark at the front, 51 at the back; the same
+//! pages and RSS). A page whose last block is freed goes back
 //! to its segment unless it is the only page of its queue (kept, so a malloc/free pair at an
 //! empty class does not map and unmap a page each time).
 
@@ -518,7 +522,7 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
     let seg = segment_of(p);
     if (*seg).owner == h && (*page).kind == PageKind::Small {
         // A full page of ours (the commonest case here): it gets the block and rejoins its
-        // queue at the front. Nothing on this path can panic.
+        // queue at the back (see the module doc). Nothing on this path can panic.
         debug_assert!((*page).full);
         // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`).
         (*h).counters.free_counter((*page).counter as usize).add(1);
@@ -528,7 +532,7 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
         let q = queue(h, (*page).domain as usize, (*page).class as usize);
         (*page).full = false;
         (*page).local.store(h, Relaxed);
-        queue_push_front(q, page);
+        queue_push_back(q, page);
         // The block is where allocation happens next (see `pop`).
         (*h).counters.note_available((*page).block_size as u64);
         if (*page).used == 0 {
@@ -627,12 +631,11 @@ unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
     }
     crate::no_unwind((), || {
         if (*page).full {
-            // Allocation prefers the fullest pages, so survivors concentrate and sparse pages drain
-            // (to be purged, or given back whole): a full page that just got a block back is almost
-            // full, so it goes first; pages with many free blocks sink to the back of the queue.
+            // To the back: allocation reaches it after a pass through the pages ahead of it,
+            // by when it has gathered more free blocks (see the module doc).
             (*page).full = false;
             (*page).local.store(h, Relaxed);
-            queue_push_front(q, page);
+            queue_push_back(q, page);
             (*h).counters.note_available((*page).block_size as u64);
         }
         if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
@@ -789,6 +792,20 @@ unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
         (*first).prev = page;
     }
     (*q).first = page;
+}
+
+/// # Safety
+/// `page` is in no queue, and the caller owns the heap of both.
+unsafe fn queue_push_back(q: *mut PageQueue, page: *mut Page) {
+    let last = (*q).last;
+    (*page).next = null_mut();
+    (*page).prev = last;
+    if last.is_null() {
+        (*q).first = page;
+    } else {
+        (*last).next = page;
+    }
+    (*q).last = page;
 }
 
 /// # Safety

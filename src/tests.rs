@@ -605,3 +605,40 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
     unsafe { check_gil_heap() };
     purge::configure(enabled, delay, retain);
 }
+
+/// A full page that gets a block back joins the back of its queue: allocation goes on through
+/// the page it was working on, and reaches the returned block only after that page runs out
+/// (and before mapping another page). A churn over a large live set then makes a page go full
+/// and back once per pass through the queue, not on nearly every free.
+#[test]
+fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
+    use crate::segment::page_of;
+    let _g = serial();
+    let h = Box::into_raw(Box::new(heap::Heap::new()));
+    let size = 1024;
+    let per_page = segment::PAGE_SIZE / size;
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..per_page + 3).map(|_| heap::alloc(h, size, 1)).collect();
+        let (a, b) = (page_of(blocks[0]), page_of(blocks[per_page]));
+        assert!(blocks[..per_page].iter().all(|&p| page_of(p) == a), "the first page holds {per_page} blocks");
+        assert!(blocks[per_page..].iter().all(|&p| page_of(p) == b));
+        heap::free(h, blocks[per_page / 2]); // page A was full: it rejoins its queue
+        heap::check_invariants(h);
+        let mut more = Vec::new();
+        for _ in 0..per_page - 3 {
+            let p = heap::alloc(h, size, 1);
+            assert_eq!(page_of(p), b, "allocation goes on through page B");
+            more.push(p);
+        }
+        let p = heap::alloc(h, size, 1);
+        assert_eq!(p, blocks[per_page / 2], "then takes page A's free block, mapping nothing new");
+        heap::check_invariants(h);
+        for &q in blocks.iter().chain(&more) {
+            if q != blocks[per_page / 2] {
+                heap::free(h, q);
+            }
+        }
+        heap::free(h, p);
+        heap::check_invariants(h);
+    }
+}
