@@ -42,6 +42,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import project_venv  # scripts/project_venv.py (this script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The modules compared (the issue's list).
@@ -141,27 +143,12 @@ def _say(*lines: str) -> None:
 # ---- the environment ---------------------------------------------------------------------
 
 
-def _clean_env() -> dict[str, str]:
-    """This environment without PYTHON* variables (these machines export PYTHONUNBUFFERED and
-    PYTHONDONTWRITEBYTECODE, which break some CPython tests) and without rustmalloc's."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTHON", "RUSTMALLOC")) and k not in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__")}
-
-
-def _venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
+_clean_env = project_venv.clean_env
 
 
 def _prepare_venv(base_python: str, venv: Path, install: bool) -> Path:
-    python = _venv_python(venv)
+    python = project_venv.prepare(base_python, venv, install)
     env = _clean_env()
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    if not python.exists():
-        _say(f"== creating the virtual environment {venv} (from {base_python})")
-        subprocess.run([base_python, "-m", "venv", str(venv)], check=True, env=env)
-    if install:
-        _say(f"== installing {ROOT} into it (pip install: a release build)")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True, env=env)
     check = subprocess.run(
         [str(python), "-c", "import sys, test.libregrtest, rustmalloc; print(sys.version.split()[0])"],
         capture_output=True, text=True, env=env,

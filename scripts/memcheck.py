@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+import project_venv  # scripts/project_venv.py (this script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "memcheck"
 SUPP = ROOT / "scripts" / "memcheck.supp"
@@ -84,23 +86,14 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _clean_env() -> dict[str, str]:
-    """This environment without PYTHON* and RUSTMALLOC* variables and without a venv's."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("PYTHON", "RUSTMALLOC")) and k not in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__")}
+_clean_env = project_venv.clean_env
 
 
 def prepare_venv(base_python: str, venv: Path, install: bool) -> Path:
-    python = venv / "bin" / "python"
+    python = project_venv.prepare(base_python, venv, install, spec=str(ROOT) + "[test]",
+                                  build_env={"MATURIN_PEP517_ARGS": "--features python,valgrind"},
+                                  what="--features python,valgrind: a release build")
     env = _clean_env()
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    if not python.exists():
-        _say(f"== creating {venv} (from {base_python})")
-        subprocess.run([base_python, "-m", "venv", str(venv)], check=True, env=env)
-    if install:
-        _say("== installing this checkout with --features python,valgrind (a release build)")
-        env["MATURIN_PEP517_ARGS"] = "--features python,valgrind"
-        subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT) + "[test]"], check=True, env=env)
     probe = subprocess.run([str(python), "-c", "import rustmalloc._rustmalloc as m; print(m.VALGRIND)"],
                            capture_output=True, text=True, env=env)
     if probe.stdout.strip() != "True":

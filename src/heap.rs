@@ -143,9 +143,31 @@ const _: () = assert!(QUEUE_STRIDE == crate::stats::SLOTS);
 /// `page` is a small page of `h`.
 #[inline(always)]
 unsafe fn sole_page(h: *mut Heap, page: *mut Page) -> bool {
-    // SAFETY: `counter` is `domain * QUEUE_STRIDE + class` (`init_small_page`), in bounds.
-    let q = (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add((*page).counter as usize);
+    let q = page_queue(h, page);
     (*q).first == page && (*q).last == page
+}
+
+/// The queue of small page `page` of `h` (whether or not the page is in it now).
+///
+/// # Safety
+/// `page` is a small page of `h`.
+#[inline(always)]
+unsafe fn page_queue(h: *mut Heap, page: *mut Page) -> *mut PageQueue {
+    // SAFETY: `counter` is `domain * QUEUE_STRIDE + class` (`init_small_page`), in bounds.
+    (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add((*page).counter as usize)
+}
+
+/// A full page of `h` that just got a block back leaves the full state and joins the back of
+/// its queue (see the module doc); the block is where allocation happens next (see `pop`).
+///
+/// # Safety
+/// The caller is `h`'s owner; `page` is a full small page of `h`.
+#[inline(always)]
+unsafe fn rejoin_queue(h: *mut Heap, page: *mut Page) {
+    (*page).full = false;
+    (*page).local.store(h, Relaxed);
+    queue_push_back(page_queue(h, page), page);
+    (*h).counters.note_available((*page).block_size as u64);
 }
 
 /// Allocate `size` bytes for `domain` from heap `h`. Null if the OS refuses memory.
@@ -529,12 +551,7 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
         vg::write_link(p, (*page).free);
         (*page).free = p;
         (*page).used -= 1;
-        let q = queue(h, (*page).domain as usize, (*page).class as usize);
-        (*page).full = false;
-        (*page).local.store(h, Relaxed);
-        queue_push_back(q, page);
-        // The block is where allocation happens next (see `pop`).
-        (*h).counters.note_available((*page).block_size as u64);
+        rejoin_queue(h, page);
         if (*page).used == 0 {
             page_became_free_or_unfull(h, page);
         }
@@ -625,21 +642,15 @@ unsafe fn free_local_uncounted(h: *mut Heap, page: *mut Page, p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
-    let q = queue(h, (*page).domain as usize, (*page).class as usize);
     if !(*page).full && sole_page(h, page) {
         return; // see `sole_page`
     }
     crate::no_unwind((), || {
         if (*page).full {
-            // To the back: allocation reaches it after a pass through the pages ahead of it,
-            // by when it has gathered more free blocks (see the module doc).
-            (*page).full = false;
-            (*page).local.store(h, Relaxed);
-            queue_push_back(q, page);
-            (*h).counters.note_available((*page).block_size as u64);
+            rejoin_queue(h, page);
         }
-        if (*page).used == 0 && !((*q).first == page && (*q).last == page) {
-            queue_remove(q, page);
+        if (*page).used == 0 && !sole_page(h, page) {
+            queue_remove(page_queue(h, page), page);
             let (d, c) = ((*page).domain as usize, (*page).class as usize);
             (*h).counters.pages[d][c].sub(1);
             (*h).counters.carved[d][c].sub((*page).capacity as u64);
