@@ -92,6 +92,9 @@ pub struct Heap {
     pub next_purge_ms: u64,
     pub trim_epoch_seen: u64,
     pub purge_countdown: u32,
+    /// The `purge::now_ms` clock as last read (every `PURGE_CHECK_EVERY` slow paths and by each
+    /// purge pass): the time pages are stamped with when touched (`segment::TouchTimes`).
+    pub clock_ms: u64,
     /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
     /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
     /// and clears it before handing the heap over; the fork child handler clears it for every
@@ -117,6 +120,7 @@ impl Heap {
             next_purge_ms: 0,
             trim_epoch_seen: 0,
             purge_countdown: 0,
+            clock_ms: 0,
             owner_tp: AtomicUsize::new(0),
         }
     }
@@ -278,9 +282,7 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
             if (*page).purged != 0 || (*page).capacity < (*page).reserved {
                 break;
             }
-            queue_remove(q, page);
-            (*page).full = true;
-            (*page).local.store(null_mut(), Relaxed); // frees into it take the slow path, which requeues it
+            leave_queue_full(h, q, page);
             page = (*q).first;
         }
     }
@@ -307,9 +309,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
             {
                 return pop(h, page, class, domain);
             }
-            queue_remove(q, page);
-            (*page).full = true;
-            (*page).local.store(null_mut(), Relaxed); // frees into it take the slow path, which requeues it
+            leave_queue_full(h, q, page);
         }
         let page = take_pages(h, 1);
         if page.is_null() {
@@ -321,6 +321,20 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
         carve(h, page);
         pop(h, page, class, domain)
     })
+}
+
+/// The first page of queue `q` ran out of blocks: it leaves the queue, full, until a block of it is
+/// freed (which takes the slow path, `local` being null, and requeues it). It was allocated from
+/// until now: a purge pass leaves what gets freed into it alone for a while.
+///
+/// # Safety
+/// The caller is `h`'s owner; `page` is the first page of `q`, with no free block to hand out.
+#[inline(always)]
+unsafe fn leave_queue_full(h: *mut Heap, q: *mut PageQueue, page: *mut Page) {
+    queue_remove(q, page);
+    (*page).full = true;
+    (*page).local.store(null_mut(), Relaxed);
+    segment::touch(page, 1, (*h).clock_ms);
 }
 
 /// Carve more blocks into an empty free list; false if the page is all carved.
@@ -668,6 +682,7 @@ unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
 /// The caller is `h`'s owner; `page` starts a span of `h` holding no live block, out of every queue.
 unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
     let seg = segment_of(page as *const u8);
+    segment::touch(page, (*page).span as usize, (*h).clock_ms);
     let empty = segment::return_pages(page);
     if !(*seg).in_list {
         segment_list_push(h, seg);
@@ -887,6 +902,7 @@ unsafe fn maybe_purge(h: *mut Heap) {
         return;
     }
     let now = purge::now_ms();
+    (*h).clock_ms = now;
     if now >= (*h).next_purge_ms {
         if (*h).next_purge_ms != 0 {
             purge(h, Mode::Auto);
@@ -904,6 +920,14 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     collect_remote(h);
     let ps = crate::os::page_size();
     let mut bytes = 0;
+    // An automatic pass gives back only what was left alone for the purge delay: freed whole,
+    // or allocated from, less than that ago, a page keeps its memory (see `segment::TouchTimes`).
+    let now = purge::now_ms();
+    (*h).clock_ms = now;
+    let age = match mode {
+        Mode::Auto => purge::PURGE_DELAY_MS.load(Relaxed),
+        Mode::Trim => 0,
+    };
     // Free OS pages inside partly used pages.
     for i in 0..DOMAINS * QUEUE_STRIDE {
         let q = ptr::addr_of_mut!((*h).queues[i]);
@@ -914,7 +938,15 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
         while !page.is_null() {
             let per_os_page = (ps / (*page).block_size as usize).max(1) as u32;
             let fresh = free_blocks(page).saturating_sub((*page).free_at_purge as u32);
-            if mode == Mode::Trim || fresh >= per_os_page {
+            if mode == Mode::Trim
+                || (fresh >= per_os_page
+                    && segment::left_alone(
+                        segment_of(page as *const u8),
+                        1 << segment::page_index(page),
+                        now,
+                        age,
+                    ) != 0)
+            {
                 bytes += purge_page(page);
             }
             page = (*page).next;
@@ -935,7 +967,8 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     let mut seg = (*h).segments;
     while !seg.is_null() {
         let next = (*seg).next;
-        let unmap = (*seg).used_pages == 0 && {
+        let left_alone = now.saturating_sub((*segment::touch_times(seg)).latest) >= age;
+        let unmap = (*seg).used_pages == 0 && left_alone && {
             let over = empty_kept == 0;
             empty_kept = empty_kept.saturating_sub(1);
             over
@@ -947,7 +980,9 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             bytes += ((*seg).dirty_pages.count_ones() as usize + 1) * PAGE_SIZE;
             segment::release_segment(seg);
         } else {
-            bytes += segment::purge_free_pages(seg, &mut keep);
+            let free = (*seg).dirty_pages & (*seg).free_pages;
+            let eligible = if left_alone { free } else { segment::left_alone(seg, free, now, age) };
+            bytes += segment::purge_free_pages(seg, &mut keep, eligible);
         }
         seg = next;
     }

@@ -12,10 +12,12 @@
 //!   segments beyond a few are unmapped.
 //!
 //! When: a pass runs on a heap's slow path (never on the free fast path) at most once every
-//! `purge_delay_ms`, so a program that frees and reallocates in quick rounds keeps its pages
-//! (jemalloc's decay and mimalloc's purge delay work the same way); a program that goes on
-//! allocating after dropping a large structure gets its memory back within the delay. A page is
-//! only rescanned once enough new blocks were freed in it. `trim()` runs passes now, retaining
+//! `purge_delay_ms`, and gives back only memory left alone for `purge_delay_ms`: pages freed
+//! whole, or allocated from, more recently keep theirs (`segment::TouchTimes`). So a program
+//! that frees and reallocates in quick rounds keeps its pages whenever a pass falls (mimalloc's
+//! purge delay works the same way, jemalloc's decay similarly); a program that goes on
+//! allocating after dropping a large structure gets its memory back within one to two delays. A
+//! page is only rescanned once enough new blocks were freed in it. `trim()` runs passes now, retaining
 //! nothing, on the GIL heap and on abandoned RAW heaps, and asks every live RAW heap to run one
 //! on its next slow path.
 

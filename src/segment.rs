@@ -46,12 +46,15 @@ const PAGES_OFFSET: usize = 128;
 /// slot: `page_of` of a huge block is that slot, which stays zeroed (`Page::local` null), so the
 /// free fast path's one compare turns huge blocks away without reading the segment header.
 pub const HUGE_OFFSET: usize = 256;
+/// Offset of the pages' touch times (`touch_times`), after the page descriptors.
+const TOUCHED_OFFSET: usize = PAGES_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<Page>();
 
 const _: () = {
     assert!(core::mem::size_of::<SegmentHeader>() <= PAGES_OFFSET);
     assert!(core::mem::size_of::<SegmentHeader>() <= HUGE_OFFSET && HUGE_OFFSET % 16 == 0);
     assert!(PAGES_OFFSET + core::mem::size_of::<Page>() <= HUGE_OFFSET);
-    assert!(PAGES_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<Page>() <= PAGE_SIZE);
+    assert!(TOUCHED_OFFSET + core::mem::size_of::<TouchTimes>() <= PAGE_SIZE);
+    assert!(TOUCHED_OFFSET % 8 == 0);
     assert!(PAGES_PER_SEGMENT <= 64); // the free-page set is one u64
     assert!(core::mem::size_of::<Page>() == 64);
     assert!(SMALL_MAX * 2 <= PAGE_SIZE && LARGE_MAX < SEGMENT_SIZE - PAGE_SIZE);
@@ -171,8 +174,7 @@ pub fn segment_of(p: *const u8) -> *mut SegmentHeader {
 #[inline(always)]
 pub fn page_start(page: *const Page) -> *mut u8 {
     let seg = page as usize & !(SEGMENT_SIZE - 1);
-    let idx = (page as usize - seg - PAGES_OFFSET) / core::mem::size_of::<Page>();
-    (seg + idx * PAGE_SIZE) as *mut u8
+    (seg + page_index(page) * PAGE_SIZE) as *mut u8
 }
 
 /// The descriptor of the page holding `p`.
@@ -186,6 +188,67 @@ pub fn page_of(p: *const u8) -> *mut Page {
 #[inline(always)]
 pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
     (seg as usize + PAGES_OFFSET + idx * core::mem::size_of::<Page>()) as *mut Page
+}
+
+/// When each page of a `Pages` segment was last touched, on its owner heap's clock
+/// (`Heap::clock_ms`, milliseconds): when it went back to the segment (freed whole), and when it
+/// stopped being the page its queue allocates from (it ran out; while it is that page, purge
+/// passes skip it). An automatic purge pass gives back only what has been left alone
+/// for the purge delay (see `heap::purge`), so a program that frees and reallocates in rounds
+/// does not have its pages decommitted and faulted in again whenever a pass falls between a
+/// round's frees and its allocations. In the metadata page, after the descriptors; a fresh
+/// segment's zeros mean "long ago".
+#[repr(C)]
+pub struct TouchTimes {
+    pub page: [u64; PAGES_PER_SEGMENT],
+    /// The latest of `page`.
+    pub latest: u64,
+}
+
+/// # Safety
+/// `seg` is a live `Pages` segment; only its owner's heap uses the result.
+#[inline(always)]
+pub unsafe fn touch_times(seg: *mut SegmentHeader) -> *mut TouchTimes {
+    (seg as *mut u8).add(TOUCHED_OFFSET) as *mut TouchTimes
+}
+
+/// The index in its segment of the page `page` describes.
+#[inline(always)]
+pub fn page_index(page: *const Page) -> usize {
+    let seg = page as usize & !(SEGMENT_SIZE - 1);
+    (page as usize - seg - PAGES_OFFSET) / core::mem::size_of::<Page>()
+}
+
+/// Record that the `count` pages from `page` on were touched at `now`.
+///
+/// # Safety
+/// `page` is a descriptor of a live `Pages` segment of the caller's heap, and the `count` pages
+/// from it lie in that segment.
+#[inline(always)]
+pub unsafe fn touch(page: *const Page, count: usize, now: u64) {
+    let t = touch_times(segment_of(page as *const u8));
+    let idx = page_index(page);
+    for i in idx..idx + count {
+        (*t).page[i] = now;
+    }
+    (*t).latest = now;
+}
+
+/// The pages of `seg` among `pages` (bit i: page i) last touched at least `age` ms before `now`.
+///
+/// # Safety
+/// `seg` is a live `Pages` segment of the caller's heap.
+pub unsafe fn left_alone(seg: *mut SegmentHeader, mut pages: u64, now: u64, age: u64) -> u64 {
+    let t = touch_times(seg);
+    let mut old = 0;
+    while pages != 0 {
+        let i = pages.trailing_zeros() as usize;
+        pages &= pages - 1;
+        if now.saturating_sub((*t).page[i]) >= age {
+            old |= 1 << i;
+        }
+    }
+    old
 }
 
 /// Segments mapped now (pages and huge) and the most there have been.
@@ -527,13 +590,13 @@ pub unsafe fn unpurge_page(page: *mut Page) -> bool {
     true
 }
 
-/// Decommit the dirty free pages of a segment, keeping the first `keep` of them (bytes);
-/// returns the bytes given back.
+/// Decommit the dirty free pages of a segment among `eligible` (bit i: page i), keeping the
+/// first `keep` bytes of them; returns the bytes given back.
 ///
 /// # Safety
 /// `seg` is a live `Pages` segment owned by the caller.
-pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize) -> usize {
-    let mut dirty = (*seg).dirty_pages & (*seg).free_pages;
+pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize, eligible: u64) -> usize {
+    let mut dirty = (*seg).dirty_pages & (*seg).free_pages & eligible;
     let mut bytes = 0;
     while dirty != 0 {
         let i = dirty.trailing_zeros() as usize;

@@ -642,3 +642,45 @@ fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
         heap::check_invariants(h);
     }
 }
+
+/// An automatic purge pass gives back only memory left alone for the purge delay: pages freed
+/// (or allocated from) just now keep their memory, so rounds of freeing and reallocating do not
+/// fault it in again each time; after the delay the same pass gives them back; `trim` does not
+/// wait.
+#[test]
+fn automatic_purge_leaves_recently_touched_pages_alone() {
+    let _g = serial();
+    let (enabled, delay, retain) = purge::settings();
+    purge::configure(true, 300, 0);
+    let h = Box::into_raw(Box::new(heap::Heap::new()));
+    let round = |h: *mut heap::Heap| unsafe {
+        (*h).clock_ms = purge::now_ms();
+        let blocks: Vec<*mut u8> = (0..40 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
+        for &p in &blocks {
+            *p = 1; // fault the page in
+        }
+        // Free the first half of each page first (whole OS pages of free blocks in partly used
+        // pages), then the rest (empty pages).
+        let first_half = |i: usize| i % 64 < 32;
+        for (_, &p) in blocks.iter().enumerate().filter(|&(i, _)| first_half(i)) {
+            heap::free(h, p);
+        }
+        assert_eq!(heap::purge(h, purge::Mode::Auto), 0, "partly used pages just allocated from");
+        for (_, &p) in blocks.iter().enumerate().filter(|&(i, _)| !first_half(i)) {
+            heap::free(h, p);
+        }
+        heap::check_invariants(h);
+    };
+    unsafe {
+        round(h);
+        assert_eq!(heap::purge(h, purge::Mode::Auto), 0, "pages freed just now keep their memory");
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        let given = heap::purge(h, purge::Mode::Auto);
+        assert!(given >= 38 * segment::PAGE_SIZE, "after the delay: {given} bytes given back");
+        round(h);
+        let given = heap::purge(h, purge::Mode::Trim);
+        assert!(given >= 38 * segment::PAGE_SIZE, "trim does not wait: {given} bytes");
+        heap::check_invariants(h);
+    }
+    purge::configure(enabled, delay, retain);
+}
