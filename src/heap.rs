@@ -282,7 +282,7 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
             if (*page).purged != 0 || (*page).capacity < (*page).reserved {
                 break;
             }
-            leave_queue_full(h, q, page);
+            leave_queue_full(q, page);
             page = (*q).first;
         }
     }
@@ -309,7 +309,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
             {
                 return pop(h, page, class, domain);
             }
-            leave_queue_full(h, q, page);
+            leave_queue_full(q, page);
         }
         let page = take_pages(h, 1);
         if page.is_null() {
@@ -324,17 +324,15 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
 }
 
 /// The first page of queue `q` ran out of blocks: it leaves the queue, full, until a block of it is
-/// freed (which takes the slow path, `local` being null, and requeues it). It was allocated from
-/// until now: a purge pass leaves what gets freed into it alone for a while.
+/// freed (which takes the slow path, `local` being null, and requeues it).
 ///
 /// # Safety
-/// The caller is `h`'s owner; `page` is the first page of `q`, with no free block to hand out.
+/// `page` is the first page of `q`, with no free block to hand out; the caller owns its heap.
 #[inline(always)]
-unsafe fn leave_queue_full(h: *mut Heap, q: *mut PageQueue, page: *mut Page) {
+unsafe fn leave_queue_full(q: *mut PageQueue, page: *mut Page) {
     queue_remove(q, page);
     (*page).full = true;
     (*page).local.store(null_mut(), Relaxed);
-    segment::touch(page, 1, (*h).clock_ms);
 }
 
 /// Carve more blocks into an empty free list; false if the page is all carved.
@@ -920,8 +918,8 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     collect_remote(h);
     let ps = crate::os::page_size();
     let mut bytes = 0;
-    // An automatic pass gives back only what was left alone for the purge delay: freed whole,
-    // or allocated from, less than that ago, a page keeps its memory (see `segment::TouchTimes`).
+    // An automatic pass gives back empty pages only once they have been left alone for the
+    // purge delay (see `segment::TouchTimes`).
     let now = purge::now_ms();
     (*h).clock_ms = now;
     let age = match mode {
@@ -938,15 +936,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
         while !page.is_null() {
             let per_os_page = (ps / (*page).block_size as usize).max(1) as u32;
             let fresh = free_blocks(page).saturating_sub((*page).free_at_purge as u32);
-            if mode == Mode::Trim
-                || (fresh >= per_os_page
-                    && segment::left_alone(
-                        segment_of(page as *const u8),
-                        1 << segment::page_index(page),
-                        now,
-                        age,
-                    ) != 0)
-            {
+            if mode == Mode::Trim || fresh >= per_os_page {
                 bytes += purge_page(page);
             }
             page = (*page).next;

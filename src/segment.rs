@@ -190,14 +190,13 @@ pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
     (seg as usize + PAGES_OFFSET + idx * core::mem::size_of::<Page>()) as *mut Page
 }
 
-/// When each page of a `Pages` segment was last touched, on its owner heap's clock
-/// (`Heap::clock_ms`, milliseconds): when it went back to the segment (freed whole), and when it
-/// stopped being the page its queue allocates from (it ran out; while it is that page, purge
-/// passes skip it). An automatic purge pass gives back only what has been left alone
-/// for the purge delay (see `heap::purge`), so a program that frees and reallocates in rounds
-/// does not have its pages decommitted and faulted in again whenever a pass falls between a
-/// round's frees and its allocations. In the metadata page, after the descriptors; a fresh
-/// segment's zeros mean "long ago".
+/// When each page of a `Pages` segment last went back to the segment (freed whole), on its
+/// owner heap's clock (`Heap::clock_ms`, milliseconds). An automatic purge pass decommits only
+/// free pages left alone for the purge delay, and unmaps only empty segments left alone that
+/// long (see `heap::purge`), so a program that frees and reallocates in rounds does not have its
+/// pages decommitted and faulted in again whenever a pass falls between a round's frees and its
+/// allocations. In the metadata page, after the descriptors; a fresh segment's zeros mean
+/// "long ago".
 #[repr(C)]
 pub struct TouchTimes {
     pub page: [u64; PAGES_PER_SEGMENT],
