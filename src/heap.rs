@@ -84,8 +84,6 @@ pub struct Heap {
     pub segments: *mut SegmentHeader,
     /// How many of those are entirely empty.
     pub empty_segments: u32,
-    /// Blocks of this heap freed by others: a stack linked through each block's first word.
-    pub remote: AtomicPtr<u8>,
     pub counters: Counters,
     /// When the next automatic purge pass may run (`purge::now_ms` clock), the last `trim()`
     /// request this heap has honoured, and slow paths left before the next look at the clock.
@@ -95,15 +93,8 @@ pub struct Heap {
     /// The `purge::now_ms` clock as last read (every `PURGE_CHECK_EVERY` slow paths and by each
     /// purge pass): the time pages are stamped with when touched (`segment::TouchTimes`).
     pub clock_ms: u64,
-    /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
-    /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
-    /// and clears it before handing the heap over; the fork child handler clears it for every
-    /// heap of a thread that did not survive the fork. So a thread that reads its own thread
-    /// pointer here is the heap's only user: its owner, or — if the owner exited without handing
-    /// it over (no thread-exit key, or a first RAW call from the last pass of thread-exit
-    /// destructors) — the one new thread that got the dead owner's stack, and with it its thread
-    /// pointer, which then keeps using the heap, alone.
-    pub owner_tp: AtomicUsize,
+    /// What other threads read and write, on a cache line of its own (see `CrossThread`).
+    pub cross: CrossThread,
 }
 
 impl Heap {
@@ -115,15 +106,37 @@ impl Heap {
             }; DOMAINS * QUEUE_STRIDE],
             segments: null_mut(),
             empty_segments: 0,
-            remote: AtomicPtr::new(null_mut()),
             counters: Counters::new(),
             next_purge_ms: 0,
             trim_epoch_seen: 0,
             purge_countdown: 0,
             clock_ms: 0,
-            owner_tp: AtomicUsize::new(0),
+            cross: CrossThread {
+                remote: AtomicPtr::new(null_mut()),
+                owner_tp: AtomicUsize::new(0),
+            },
         }
     }
+}
+
+/// The fields of a heap that other threads use, on a cache line of their own: the owner writes
+/// its counters, page queues and (for a RAW heap) its busy flag on every call, and a thread
+/// freeing one of its blocks would otherwise share a line with those writes (a CAS on `remote`
+/// next to the allocation counters, or a read of `owner_tp` next to the busy flag), so that
+/// every call on either side moved the line between their caches.
+#[repr(C, align(64))]
+pub struct CrossThread {
+    /// Blocks of this heap freed by others: a stack linked through each block's first word.
+    pub remote: AtomicPtr<u8>,
+    /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
+    /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
+    /// and clears it before handing the heap over; the fork child handler clears it for every
+    /// heap of a thread that did not survive the fork. So a thread that reads its own thread
+    /// pointer here is the heap's only user: its owner, or — if the owner exited without handing
+    /// it over (no thread-exit key, or a first RAW call from the last pass of thread-exit
+    /// destructors) — the one new thread that got the dead owner's stack, and with it its thread
+    /// pointer, which then keeps using the heap, alone.
+    pub owner_tp: AtomicUsize,
 }
 
 /// # Safety
@@ -268,7 +281,7 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
 #[inline(never)]
 unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
     if (*h).purge_countdown > 0
-        && (*h).remote.load(Relaxed).is_null()
+        && (*h).cross.remote.load(Relaxed).is_null()
         && purge::TRIM_EPOCH.load(Relaxed) == (*h).trim_epoch_seen
     {
         (*h).purge_countdown -= 1;
@@ -611,7 +624,7 @@ unsafe fn count_free(h: *mut Heap, page: *mut Page) {
 /// # Safety
 /// `p` is a live block of a page of `owner`, no longer used by the caller.
 pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
-    let remote = &(*owner).remote;
+    let remote = &(*owner).cross.remote;
     let mut head = remote.load(Relaxed);
     loop {
         vg::write_link(p, head);
@@ -628,10 +641,10 @@ pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
 /// # Safety
 /// The caller is `h`'s owner.
 pub unsafe fn collect_remote(h: *mut Heap) {
-    if (*h).remote.load(Relaxed).is_null() {
+    if (*h).cross.remote.load(Relaxed).is_null() {
         return;
     }
-    let mut b = (*h).remote.swap(null_mut(), Acquire);
+    let mut b = (*h).cross.remote.swap(null_mut(), Acquire);
     while !b.is_null() {
         let next = vg::read_link(b);
         free_local_uncounted(h, page_of(b), b);
@@ -971,7 +984,11 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             segment::release_segment(seg);
         } else {
             let free = (*seg).dirty_pages & (*seg).free_pages;
-            let eligible = if left_alone { free } else { segment::left_alone(seg, free, now, age) };
+            let eligible = if left_alone {
+                free
+            } else {
+                segment::left_alone(seg, free, now, age)
+            };
             bytes += segment::purge_free_pages(seg, &mut keep, eligible);
         }
         seg = next;

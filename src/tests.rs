@@ -620,7 +620,10 @@ fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
     unsafe {
         let blocks: Vec<*mut u8> = (0..per_page + 3).map(|_| heap::alloc(h, size, 1)).collect();
         let (a, b) = (page_of(blocks[0]), page_of(blocks[per_page]));
-        assert!(blocks[..per_page].iter().all(|&p| page_of(p) == a), "the first page holds {per_page} blocks");
+        assert!(
+            blocks[..per_page].iter().all(|&p| page_of(p) == a),
+            "the first page holds {per_page} blocks"
+        );
         assert!(blocks[per_page..].iter().all(|&p| page_of(p) == b));
         heap::free(h, blocks[per_page / 2]); // page A was full: it rejoins its queue
         heap::check_invariants(h);
@@ -631,7 +634,11 @@ fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
             more.push(p);
         }
         let p = heap::alloc(h, size, 1);
-        assert_eq!(p, blocks[per_page / 2], "then takes page A's free block, mapping nothing new");
+        assert_eq!(
+            p,
+            blocks[per_page / 2],
+            "then takes page A's free block, mapping nothing new"
+        );
         heap::check_invariants(h);
         for &q in blocks.iter().chain(&more) {
             if q != blocks[per_page / 2] {
@@ -666,13 +673,23 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
     };
     unsafe {
         round(h);
-        assert_eq!(heap::purge(h, purge::Mode::Auto), 0, "pages freed just now keep their memory");
+        assert_eq!(
+            heap::purge(h, purge::Mode::Auto),
+            0,
+            "pages freed just now keep their memory"
+        );
         std::thread::sleep(std::time::Duration::from_millis(350));
         let given = heap::purge(h, purge::Mode::Auto);
-        assert!(given >= 38 * segment::PAGE_SIZE, "after the delay: {given} bytes given back");
+        assert!(
+            given >= 38 * segment::PAGE_SIZE,
+            "after the delay: {given} bytes given back"
+        );
         round(h);
         let given = heap::purge(h, purge::Mode::Trim);
-        assert!(given >= 38 * segment::PAGE_SIZE, "trim does not wait: {given} bytes");
+        assert!(
+            given >= 38 * segment::PAGE_SIZE,
+            "trim does not wait: {given} bytes"
+        );
         heap::check_invariants(h);
     }
     purge::configure(enabled, delay, retain);
