@@ -65,8 +65,11 @@ thread_local! {
 /// which was a fifth of a RAW call; the thread pointer is one instruction. An entry is only a
 /// hint: it is used when the heap's `owner_tp` equals the caller's thread pointer, which only
 /// the owner can make true. Threads that collide on a slot fall back to `THREAD_HEAP`.
-static HEAP_CACHE: [AtomicPtr<RawHeap>; CACHE_SLOTS] =
-    [const { AtomicPtr::new(null_mut()) }; CACHE_SLOTS];
+static HEAP_CACHE: HeapCache = HeapCache([const { AtomicPtr::new(null_mut()) }; CACHE_SLOTS]);
+/// Read on every RAW call by every thread: on cache lines of its own, away from statics that
+/// are written (the linker put the segment counters next to it).
+#[repr(C, align(64))]
+struct HeapCache([AtomicPtr<RawHeap>; CACHE_SLOTS]);
 const CACHE_SLOTS: usize = 64;
 
 /// The calling thread's thread pointer: unique among live threads, fixed for a thread's life.
@@ -108,7 +111,7 @@ fn thread_pointer() -> Option<usize> {
 fn cache_slot(tp: usize) -> &'static AtomicPtr<RawHeap> {
     let i = tp.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - CACHE_SLOTS.trailing_zeros());
     // SAFETY: the shift leaves log2(CACHE_SLOTS) bits.
-    unsafe { HEAP_CACHE.get_unchecked(i) }
+    unsafe { HEAP_CACHE.0.get_unchecked(i) }
 }
 
 #[inline(always)]
