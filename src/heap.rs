@@ -611,11 +611,11 @@ unsafe fn free_slower(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p:
 /// The caller is `h`'s user; `page` is the live page (or span) of a block being freed.
 #[inline]
 unsafe fn count_free(h: *mut Heap, page: *mut Page) {
-    let domain = (*page).domain as usize;
     if (*page).kind == PageKind::Small {
-        (*h).counters.frees[domain][(*page).class as usize].add(1);
+        // SAFETY: a small page's `counter` indexes the flattened `frees` array (`init_small_page`).
+        (*h).counters.free_counter((*page).counter as usize).add(1);
     } else {
-        count_large_free(h, domain, (*page).block_size as usize);
+        count_large_free(h, (*page).domain as usize, (*page).block_size as usize);
     }
 }
 
