@@ -1,6 +1,7 @@
 //! A heap: the segments one owner carves pages from, a queue of pages per (domain, class), and
 //! the owner's counters. The owner is one thread (a RAW heap) or whoever holds the GIL (the GIL
-//! heap, serving MEM and OBJ); only the owner touches anything but `remote`.
+//! heap, serving MEM and OBJ); only the owner touches anything but `remote` (other threads push
+//! onto it) and `owner_tp` (other threads read it).
 //!
 //! Blocks freed by anyone else are pushed onto `remote`, a lock-free stack, and the owner takes
 //! the whole stack with one swap on its next slow path. The fast paths below are a free-list pop
@@ -90,11 +91,19 @@ pub struct Heap {
     pub next_purge_ms: u64,
     pub trim_epoch_seen: u64,
     pub purge_countdown: u32,
-    /// The `purge::now_ms` clock as last read (every `PURGE_CHECK_EVERY` slow paths and by each
-    /// purge pass): the time pages are stamped with when touched (`segment::TouchTimes`).
-    pub clock_ms: u64,
-    /// What other threads read and write, on a cache line of its own (see `CrossThread`).
-    pub cross: CrossThread,
+    /// Blocks of this heap freed by others: a stack linked through each block's first word.
+    /// Written by other threads (see `CacheLine`).
+    pub remote: CacheLine<AtomicPtr<u8>>,
+    /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
+    /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
+    /// and clears it before handing the heap over; the fork child handler clears it for every
+    /// heap of a thread that did not survive the fork. So a thread that reads its own thread
+    /// pointer here is the heap's only user: its owner, or — if the owner exited without handing
+    /// it over (no thread-exit key, or a first RAW call from the last pass of thread-exit
+    /// destructors) — the one new thread that got the dead owner's stack, and with it its thread
+    /// pointer, which then keeps using the heap, alone.
+    /// Read by the owner on every RAW call and by other threads' frees, written rarely.
+    pub owner_tp: CacheLine<AtomicUsize>,
 }
 
 impl Heap {
@@ -110,33 +119,26 @@ impl Heap {
             next_purge_ms: 0,
             trim_epoch_seen: 0,
             purge_countdown: 0,
-            clock_ms: 0,
-            cross: CrossThread {
-                remote: AtomicPtr::new(null_mut()),
-                owner_tp: AtomicUsize::new(0),
-            },
+            remote: CacheLine(AtomicPtr::new(null_mut())),
+            owner_tp: CacheLine(AtomicUsize::new(0)),
         }
     }
 }
 
-/// The fields of a heap that other threads use, on a cache line of their own: the owner writes
-/// its counters, page queues and (for a RAW heap) its busy flag on every call, and a thread
-/// freeing one of its blocks would otherwise share a line with those writes (a CAS on `remote`
-/// next to the allocation counters, or a read of `owner_tp` next to the busy flag), so that
-/// every call on either side moved the line between their caches.
+/// A value alone on its cache line(s). The fields of a heap that other threads use are kept
+/// away from those its owner writes on every call (counters, page queues, a RAW heap's busy
+/// flag) and from each other: otherwise a thread freeing one of the heap's blocks would write (a
+/// CAS on `remote`) or read a line the owner writes, and every call on either side would move
+/// the line between their caches.
 #[repr(C, align(64))]
-pub struct CrossThread {
-    /// Blocks of this heap freed by others: a stack linked through each block's first word.
-    pub remote: AtomicPtr<u8>,
-    /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
-    /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
-    /// and clears it before handing the heap over; the fork child handler clears it for every
-    /// heap of a thread that did not survive the fork. So a thread that reads its own thread
-    /// pointer here is the heap's only user: its owner, or — if the owner exited without handing
-    /// it over (no thread-exit key, or a first RAW call from the last pass of thread-exit
-    /// destructors) — the one new thread that got the dead owner's stack, and with it its thread
-    /// pointer, which then keeps using the heap, alone.
-    pub owner_tp: AtomicUsize,
+pub struct CacheLine<T>(pub T);
+
+impl<T> core::ops::Deref for CacheLine<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// # Safety
@@ -175,7 +177,8 @@ unsafe fn page_queue(h: *mut Heap, page: *mut Page) -> *mut PageQueue {
 }
 
 /// A full page of `h` that just got a block back leaves the full state and joins the back of
-/// its queue (see the module doc); the block is where allocation happens next (see `pop`).
+/// its queue (see the module doc). Its block counts as made available (see `pop`): the fast
+/// path may allocate it without a slow path if the page becomes first.
 ///
 /// # Safety
 /// The caller is `h`'s owner; `page` is a full small page of `h`.
@@ -281,7 +284,7 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
 #[inline(never)]
 unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
     if (*h).purge_countdown > 0
-        && (*h).cross.remote.load(Relaxed).is_null()
+        && (*h).remote.load(Relaxed).is_null()
         && purge::TRIM_EPOCH.load(Relaxed) == (*h).trim_epoch_seen
     {
         (*h).purge_countdown -= 1;
@@ -624,7 +627,7 @@ unsafe fn count_free(h: *mut Heap, page: *mut Page) {
 /// # Safety
 /// `p` is a live block of a page of `owner`, no longer used by the caller.
 pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
-    let remote = &(*owner).cross.remote;
+    let remote = &(*owner).remote;
     let mut head = remote.load(Relaxed);
     loop {
         vg::write_link(p, head);
@@ -641,10 +644,10 @@ pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
 /// # Safety
 /// The caller is `h`'s owner.
 pub unsafe fn collect_remote(h: *mut Heap) {
-    if (*h).cross.remote.load(Relaxed).is_null() {
+    if (*h).remote.load(Relaxed).is_null() {
         return;
     }
-    let mut b = (*h).cross.remote.swap(null_mut(), Acquire);
+    let mut b = (*h).remote.swap(null_mut(), Acquire);
     while !b.is_null() {
         let next = vg::read_link(b);
         free_local_uncounted(h, page_of(b), b);
@@ -693,7 +696,8 @@ unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Page) {
 /// The caller is `h`'s owner; `page` starts a span of `h` holding no live block, out of every queue.
 unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
     let seg = segment_of(page as *const u8);
-    segment::touch(page, (*page).span as usize, (*h).clock_ms);
+    // Read now: nothing on the free path keeps a clock (a stale one would age the pages).
+    segment::touch(page, (*page).span as usize, purge::now_ms());
     let empty = segment::return_pages(page);
     if !(*seg).in_list {
         segment_list_push(h, seg);
@@ -913,7 +917,6 @@ unsafe fn maybe_purge(h: *mut Heap) {
         return;
     }
     let now = purge::now_ms();
-    (*h).clock_ms = now;
     if now >= (*h).next_purge_ms {
         if (*h).next_purge_ms != 0 {
             purge(h, Mode::Auto);
@@ -934,7 +937,6 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     // An automatic pass gives back empty pages only once they have been left alone for the
     // purge delay (see `segment::TouchTimes`).
     let now = purge::now_ms();
-    (*h).clock_ms = now;
     let age = match mode {
         Mode::Auto => purge::PURGE_DELAY_MS.load(Relaxed),
         Mode::Trim => 0,

@@ -12,8 +12,8 @@
 //!   segments beyond a few are unmapped.
 //!
 //! When: a pass runs on a heap's slow path (never on the free fast path) at most once every
-//! `purge_delay_ms`, and gives back only memory left alone for `purge_delay_ms`: pages freed
-//! whole, or allocated from, more recently keep theirs (`segment::TouchTimes`). So a program
+//! `purge_delay_ms`, and decommits free pages (and unmaps empty segments) only once they have
+//! been free for `purge_delay_ms` (`segment::TouchTimes`). So a program
 //! that frees and reallocates in quick rounds keeps its pages whenever a pass falls (mimalloc's
 //! purge delay works the same way, jemalloc's decay similarly); a program that goes on
 //! allocating after dropping a large structure gets its memory back within one to two delays. A

@@ -172,7 +172,7 @@ fn cached_heap() -> *mut RawHeap {
     let h = cache_slot(tp).load(Relaxed);
     // SAFETY: cached heaps are registry entries, never freed; `owner_tp == tp` means this
     // thread owns `h` (see `Heap::owner_tp`).
-    if !h.is_null() && unsafe { (*h).heap.cross.owner_tp.load(Relaxed) } == tp {
+    if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
         h
     } else {
         null_mut()
@@ -208,7 +208,7 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     let page = crate::segment::page_of(p);
     let h = (*page).local.load(Relaxed);
     // Only RAW heaps have an `owner_tp`, and only their owner's thread pointer is found there.
-    if h.is_null() || (*h).cross.owner_tp.load(Relaxed) != tp {
+    if h.is_null() || (*h).owner_tp.load(Relaxed) != tp {
         return false;
     }
     crate::valgrind::free_like(p); // as `heap::free` does
@@ -243,7 +243,6 @@ fn with_heap_slow<R>(h: *mut RawHeap, f: impl FnOnce(*mut Heap) -> R) -> Option<
             // SAFETY: `acquire` made `h` ours; registry entries are never freed.
             unsafe {
                 (*h).heap
-                    .cross
                     .owner_tp
                     .store(thread_pointer().unwrap_or(0), Relaxed)
             };
@@ -354,7 +353,7 @@ fn hand_over(h: *mut RawHeap) {
         return;
     }
     // SAFETY: our heap; from here on the cache sends this thread to `THREAD_HEAP` (DEAD).
-    unsafe { (*h).heap.cross.owner_tp.store(0, Relaxed) };
+    unsafe { (*h).heap.owner_tp.store(0, Relaxed) };
     set_thread_heap(DEAD);
     // SAFETY: `h` is this thread's heap; after the store below another thread may adopt it,
     // so nothing touches it after that. Draining changes the heap like any call, so it runs
@@ -385,7 +384,7 @@ extern "C" fn fork_child() {
             if h != mine {
                 // Its owner does not exist here; a thread started in the child may get the
                 // same thread pointer.
-                (*h).heap.cross.owner_tp.store(0, Relaxed);
+                (*h).heap.owner_tp.store(0, Relaxed);
             }
             if h != mine && (*h).state.load(Relaxed) == OWNED {
                 let s = if (*h).busy.load(Relaxed) {

@@ -190,8 +190,8 @@ pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
     (seg as usize + PAGES_OFFSET + idx * core::mem::size_of::<Page>()) as *mut Page
 }
 
-/// When each page of a `Pages` segment last went back to the segment (freed whole), on its
-/// owner heap's clock (`Heap::clock_ms`, milliseconds). An automatic purge pass decommits only
+/// When each page of a `Pages` segment last went back to the segment (freed whole), in
+/// `purge::now_ms` milliseconds. An automatic purge pass decommits only
 /// free pages left alone for the purge delay, and unmaps only empty segments left alone that
 /// long (see `heap::purge`), so a program that frees and reallocates in rounds does not have its
 /// pages decommitted and faulted in again whenever a pass falls between a round's frees and its

@@ -661,11 +661,13 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
     purge::configure(true, 300, 0);
     let h = Box::into_raw(Box::new(heap::Heap::new()));
     let round = |h: *mut heap::Heap| unsafe {
-        (*h).clock_ms = purge::now_ms();
         let blocks: Vec<*mut u8> = (0..40 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
         for &p in &blocks {
             *p = 1; // fault the page in
         }
+        // Longer than the delay since the last allocation slow path: a page freed now is
+        // stamped now, not with a clock that went stale meanwhile.
+        std::thread::sleep(std::time::Duration::from_millis(350));
         for &p in &blocks {
             heap::free(h, p);
         }
