@@ -13,7 +13,8 @@
 //! the queue in order, so a page it reaches again has gathered the frees of a whole pass, and a
 //! churn over a large live set makes a page go full and back once per pass instead of on most
 //! frees (78 instructions per call on the churn benchmark at the front, 51 at the back; the same
-//! pages and RSS). A page whose last block is freed goes back
+//! pages and RSS). A purged page at the front waits while the last page has free blocks in
+//! memory (see `alloc_small_slower`). A page whose last block is freed goes back
 //! to its segment unless it is the only page of its queue (kept, so a malloc/free pair at an
 //! empty class does not map and unmap a page each time).
 
@@ -319,10 +320,27 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
             if page.is_null() {
                 break;
             }
-            if !(*page).free.is_null()
-                || ((*page).purged != 0 && unpurge_page(page))
-                || ((*page).capacity < (*page).reserved && carve(h, page))
-            {
+            if !(*page).free.is_null() {
+                return pop(h, page, class, domain);
+            }
+            if (*page).purged != 0 {
+                // Its free blocks were given back to the OS: before faulting them in again, use
+                // the last page of the queue if it has free blocks in memory. Pages that were full
+                // and got blocks back join there (see the module doc), so after a large structure
+                // is dropped and purged, a program that goes on allocating a little reuses the
+                // pages it frees into instead of walking through the sparse purged ones, faulting
+                // each in (to be purged again).
+                let last = (*q).last;
+                if last != page && !(*last).free.is_null() {
+                    queue_remove(q, last);
+                    queue_push_front(q, last);
+                    return pop(h, last, class, domain);
+                }
+                if unpurge_page(page) {
+                    return pop(h, page, class, domain);
+                }
+            }
+            if (*page).capacity < (*page).reserved && carve(h, page) {
                 return pop(h, page, class, domain);
             }
             leave_queue_full(q, page);

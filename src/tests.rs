@@ -696,3 +696,42 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
     }
     purge::configure(enabled, delay, retain);
 }
+
+/// Before faulting a purged page's blocks in again, allocation takes the queue's last page if
+/// it has free blocks in memory (where pages that got blocks back join): a program that goes on
+/// allocating a little after a large structure was dropped and purged reuses what it frees
+/// instead of walking through the purged pages.
+#[test]
+fn a_purged_page_waits_while_the_last_page_has_free_blocks() {
+    use crate::segment::page_of;
+    let _g = serial();
+    let h = Box::into_raw(Box::new(heap::Heap::new()));
+    let size = 1024;
+    let per_page = segment::PAGE_SIZE / size;
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..3 * per_page).map(|_| heap::alloc(h, size, 1)).collect();
+        let a = page_of(blocks[0]);
+        // Page A gets half its blocks back (whole OS pages of them), which trim gives back.
+        for &p in &blocks[..per_page / 2] {
+            heap::free(h, p);
+        }
+        assert!(heap::purge(h, purge::Mode::Trim) > 0);
+        assert!((*a).purged != 0 && (*a).free.is_null());
+        // Page B, full, gets one block back: it joins the queue behind A.
+        heap::free(h, blocks[per_page]);
+        let p = heap::alloc(h, size, 1);
+        assert_eq!(
+            p, blocks[per_page],
+            "B's free block, not a block of purged A"
+        );
+        assert!((*a).purged != 0, "A stays purged");
+        heap::check_invariants(h);
+        heap::free(h, p);
+        for &q in &blocks[per_page / 2..] {
+            if q != blocks[per_page] {
+                heap::free(h, q);
+            }
+        }
+        heap::check_invariants(h);
+    }
+}
