@@ -606,6 +606,11 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
     purge::configure(enabled, delay, retain);
 }
 
+/// A heap of the test's own: its pages and queues are no one else's (never freed: tests leak it).
+fn private_heap() -> *mut heap::Heap {
+    Box::into_raw(Box::new(heap::Heap::new()))
+}
+
 /// A full page that gets a block back joins the back of its queue: allocation goes on through
 /// the page it was working on, and reaches the returned block only after that page runs out
 /// (and before mapping another page). A churn over a large live set then makes a page go full
@@ -614,9 +619,7 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
 fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
     use crate::segment::page_of;
     let _g = serial();
-    let h = Box::into_raw(Box::new(heap::Heap::new()));
-    let size = 1024;
-    let per_page = segment::PAGE_SIZE / size;
+    let (h, size, per_page) = (private_heap(), 1024, segment::PAGE_SIZE / 1024);
     unsafe {
         let blocks: Vec<*mut u8> = (0..per_page + 3).map(|_| heap::alloc(h, size, 1)).collect();
         let (a, b) = (page_of(blocks[0]), page_of(blocks[per_page]));
@@ -659,7 +662,7 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
     let _g = serial();
     let (enabled, delay, retain) = purge::settings();
     purge::configure(true, 300, 0);
-    let h = Box::into_raw(Box::new(heap::Heap::new()));
+    let h = private_heap();
     let round = |h: *mut heap::Heap| unsafe {
         let blocks: Vec<*mut u8> = (0..40 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
         for &p in &blocks {
@@ -705,9 +708,7 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
 fn a_purged_page_waits_while_the_last_page_has_free_blocks() {
     use crate::segment::page_of;
     let _g = serial();
-    let h = Box::into_raw(Box::new(heap::Heap::new()));
-    let size = 1024;
-    let per_page = segment::PAGE_SIZE / size;
+    let (h, size, per_page) = (private_heap(), 1024, segment::PAGE_SIZE / 1024);
     unsafe {
         let blocks: Vec<*mut u8> = (0..3 * per_page).map(|_| heap::alloc(h, size, 1)).collect();
         let a = page_of(blocks[0]);
