@@ -556,24 +556,31 @@ pub unsafe fn free_to_local_page<const STATS: bool>(h: *mut Heap, page: *mut Pag
         // indexes the flattened `frees` array in bounds.
         (*h).counters.free_counter((*page).counter as usize).add(1);
     }
-    vg::write_link(p, (*page).free);
-    (*page).free = p;
-    (*page).used -= 1;
+    link_free(page, p);
     if (*page).used == 0 && !sole_page(h, page) {
         page_became_free_or_unfull(h, page);
     }
 }
 
-/// Put block `p` back on its small page's free list (the one place that does): the page
+/// Push block `p` onto `page`'s free list (the one place that links a freed block in).
+///
+/// # Safety
+/// The caller owns `page`'s heap; `p` is a live block of `page`, a small page.
+#[inline(always)]
+unsafe fn link_free(page: *mut Page, p: *mut u8) {
+    vg::write_link(p, (*page).free);
+    (*page).free = p;
+    (*page).used -= 1;
+}
+
+/// Put block `p` back on its small page's free list: the page
 /// leaves the "full" state, or goes back to its segment when its last block is freed.
 ///
 /// # Safety
 /// The caller is `h`'s owner; `p` is a live block of `page`, a small page of `h`.
 #[inline(always)]
 unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
-    vg::write_link(p, (*page).free);
-    (*page).free = p;
-    (*page).used -= 1;
+    link_free(page, p);
     if (*page).used == 0 || (*page).full {
         page_became_free_or_unfull(h, page);
     }
@@ -594,9 +601,7 @@ unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
         debug_assert!((*page).full);
         // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`).
         (*h).counters.free_counter((*page).counter as usize).add(1);
-        vg::write_link(p, (*page).free);
-        (*page).free = p;
-        (*page).used -= 1;
+        link_free(page, p);
         rejoin_queue(h, page);
         if (*page).used == 0 {
             page_became_free_or_unfull(h, page);

@@ -211,9 +211,10 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     if h.is_null() || (*h).owner_tp.load(Relaxed) != tp {
         return false;
     }
-    crate::valgrind::free_like(p); // as `heap::free` does
-                                   // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
-                                   // `page.local == h`.
+    // As `heap::free` does.
+    crate::valgrind::free_like(p);
+    // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
+    // `page.local == h`.
     while_busy(h as *mut RawHeap, |h| {
         heap::free_to_local_page::<true>(h, page, p)
     });

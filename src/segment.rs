@@ -366,7 +366,7 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize) -> *mut Page {
 /// `page` is a descriptor of a live `Pages` segment, the start of a span of `span` pages in use.
 pub unsafe fn return_pages(page: *mut Page) -> bool {
     let seg = segment_of(page as *const u8);
-    let idx = (page_start(page) as usize - seg as usize) >> PAGE_SHIFT;
+    let idx = page_index(page);
     let count = (*page).span as usize;
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
     debug_assert_eq!((*seg).free_pages & mask, 0);
@@ -394,7 +394,7 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
 /// As for `return_pages`.
 pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
     let seg = segment_of(page as *const u8);
-    let idx = (page_start(page) as usize - seg as usize) >> PAGE_SHIFT;
+    let idx = page_index(page);
     let end = idx + (*page).span as usize;
     if end + extra > PAGES_PER_SEGMENT {
         return false;
