@@ -645,6 +645,20 @@ unsafe fn count_free(h: *mut Heap, page: *mut Page) {
     }
 }
 
+/// Free `p`, a block of `page`, a small page of heap `owner`, from `h`, another heap: counted on
+/// `h`, pushed onto `owner`'s remote stack.
+///
+/// # Safety
+/// The caller is `h`'s owner; `owner != h`; `p` is a live block of `page`.
+#[inline(always)]
+pub unsafe fn free_to_other_heap(h: *mut Heap, owner: *mut Heap, page: *mut Page, p: *mut u8) {
+    // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`); it is set
+    // when the page is initialised and stays while the page has a live block, so reading it
+    // while the owner changes the page's other fields is no race.
+    (*h).counters.free_counter((*page).counter as usize).add(1);
+    push_remote(owner, p);
+}
+
 /// Push `p` onto `owner`'s remote-free stack. Any thread may call this.
 ///
 /// # Safety

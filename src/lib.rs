@@ -164,6 +164,9 @@ pub unsafe fn raw_free(p: *mut u8) {
 /// As for `raw_free`.
 #[inline(never)]
 unsafe extern "C" fn raw_free_other(p: *mut u8) {
+    if raw_heap::free_remote(p) {
+        return;
+    }
     let freed = raw_heap::with_heap_or(false, move |h| {
         heap::free(h, p);
         true

@@ -221,6 +221,37 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     true
 }
 
+/// Free `p` if it is a block of a small page of another heap and the calling thread's heap is
+/// in the cache: the RAW cross-thread free path. As in `heap::free`, the free is counted on the
+/// caller's heap and `p` goes onto its owner's remote stack; this only skips `heap::free`'s tests
+/// for the caller's own pages, which a block of another heap fails (two cold calls: 108
+/// instructions per cross-thread free under callgrind, 75 without them). False, with nothing
+/// done, if `p` is not such a block.
+///
+/// # Safety
+/// `p` is a live block of ours.
+#[inline(always)]
+pub unsafe fn free_remote(p: *mut u8) -> bool {
+    let me = cached_heap();
+    if me.is_null() {
+        return false;
+    }
+    let page = crate::segment::page_of(p);
+    // Null for a huge segment, whose `page_of` slot is zeroed (kind `Free`).
+    let owner = (*crate::segment::segment_of(p)).owner;
+    if owner.is_null()
+        || owner == me as *mut Heap
+        || (*page).kind != crate::segment::PageKind::Small
+    {
+        return false;
+    }
+    crate::valgrind::free_like(p);
+    // SAFETY: `me` is this thread's own heap (`cached_heap`); `page` is the small page of `p`,
+    // a live block of `owner`'s.
+    while_busy(me, |h| heap::free_to_other_heap(h, owner, page, p));
+    true
+}
+
 /// Run `f` on heap `h` with its `busy` flag set: every change to a heap happens inside this,
 /// so the child of a fork poisons a heap caught mid-change instead of handing it out.
 ///

@@ -653,6 +653,75 @@ fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
     }
 }
 
+/// Blocks another heap freed reach their pages only when the owner collects its remote stack:
+/// blocks of two pages interleaved, a full page that gets blocks back (it rejoins its queue) and
+/// a page left partly used all come out with the right counts and free lists, and the blocks
+/// are handed out again.
+#[test]
+fn remote_frees_reach_their_pages_when_the_owner_collects() {
+    use crate::segment::page_of;
+    use std::collections::BTreeSet;
+    let _g = serial();
+    let (h, other) = (private_heap(), private_heap());
+    let per_page = segment::PAGE_SIZE / 1024;
+    unsafe {
+        let small: Vec<*mut u8> = (0..10).map(|_| heap::alloc(h, 48, 1)).collect();
+        // One more than a page holds: the first page is then full (out of its queue).
+        let big: Vec<*mut u8> = (0..per_page + 1).map(|_| heap::alloc(h, 1024, 1)).collect();
+        let (s, b) = (page_of(small[0]), page_of(big[0]));
+        assert!(small.iter().all(|&p| page_of(p) == s));
+        assert!(big[..per_page].iter().all(|&p| page_of(p) == b) && (*b).full);
+        // Collected last pushed first: small 4, 3, the big ones, small 2, 1, 0; big[0] stays live.
+        let freed: Vec<*mut u8> = small[..3]
+            .iter()
+            .chain(&big[1..per_page])
+            .chain(&small[3..5])
+            .copied()
+            .collect();
+        for &p in &freed {
+            heap::free(other, p); // counted on `other`, pushed onto `h`'s remote stack
+        }
+        assert_eq!(
+            (*s).used,
+            10,
+            "nothing reaches the pages before the owner collects"
+        );
+        assert!((*b).full);
+        heap::collect_remote(h);
+        heap::check_invariants(h);
+        assert_eq!((*s).used, 5);
+        assert!(
+            !(*b).full && (*b).used == 1,
+            "the full page got its blocks back and rejoined its queue"
+        );
+        let again_small: BTreeSet<usize> = (0..5).map(|_| heap::alloc(h, 48, 1) as usize).collect();
+        let want_small: BTreeSet<usize> = small[..5].iter().map(|&p| p as usize).collect();
+        assert_eq!(again_small, want_small, "the freed small blocks, each once");
+        // The second big page's free blocks first, then the first page's (at the queue's back).
+        let again_big: BTreeSet<usize> = (0..2 * (per_page - 1))
+            .map(|_| heap::alloc(h, 1024, 1) as usize)
+            .collect();
+        assert_eq!(again_big.len(), 2 * (per_page - 1));
+        assert!(
+            big[1..per_page]
+                .iter()
+                .all(|&p| again_big.contains(&(p as usize))),
+            "the freed big blocks are handed out again"
+        );
+        heap::check_invariants(h);
+        let rest = small[5..].iter().chain(&big[..1]).chain(&big[per_page..]);
+        for p in again_small
+            .iter()
+            .chain(&again_big)
+            .map(|&p| p as *mut u8)
+            .chain(rest.copied())
+        {
+            heap::free(h, p);
+        }
+        heap::check_invariants(h);
+    }
+}
+
 /// An automatic purge pass gives back empty pages only once they have been left alone for the
 /// purge delay: pages freed just now keep their memory, so rounds of freeing and reallocating do
 /// not fault it in again each time; after the delay the same pass gives them back; `trim` does
