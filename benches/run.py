@@ -12,7 +12,8 @@ is a median over rounds, with its spread. Levels:
 
   micro      native allocator loops (``rustmalloc._rustmalloc._bench``): ns per allocator call
   callgrind  the same loops under ``valgrind --tool=callgrind``: instructions per call, and a
-             profile of where rustmalloc's instructions go
+             profile of where rustmalloc's instructions go; and the Python workloads once each
+             under callgrind: the interpreter's instructions per workload run
   workloads  Python workloads under pytest-benchmark
   memory     peak RSS of each workload, and RSS after its data is dropped
 
@@ -165,6 +166,37 @@ class Runner:
                 if c.name in ("rustmalloc", "pymalloc"):
                     entry["hot"] = cgprofile.hot_table(prof, m["ops"])
                 data["callgrind"].setdefault(c.name, {})[m["name"]] = entry
+            self.run_callgrind_workloads(data, c, valgrind)
+
+    def run_callgrind_workloads(self, data: dict, c: cfgmod.Config, valgrind: str) -> None:
+        """The Python workloads under callgrind: instructions of the whole interpreter per
+        workload run, stable where their wall clock swings by several percent."""
+        base = os.path.join(self.tmp, f"callgrind-workloads.{c.name}")
+        for old in glob.glob(base + ".*"):
+            os.unlink(old)
+        prefix = [
+            valgrind,
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=rmbench_workload",
+            "--dump-after=rmbench_workload",
+            f"--callgrind-out-file={base}",
+        ]
+        extra = ["--callgrind"] + (["--scale", str(workloads.SCALE_QUICK)] if self.args.quick else [])
+        res = self.worker(c, "workloads", extra, prefix)
+        if not res:
+            return
+        names = res["workloads_callgrind"]["names"]
+        parts = sorted(glob.glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+        if len(parts) != len(names):
+            data["notes"].append(f"callgrind workloads {c.name}: {len(parts)} dumps for {len(names)} workloads; not used")
+            return
+        for name, part in zip(names, parts):
+            prof = cgprofile.parse(part)
+            data.setdefault("callgrind_workloads", {}).setdefault(c.name, {})[name] = {
+                "ir": prof.total,
+                "scale": res["workloads_callgrind"]["scale"],
+            }
 
 
 ENTRY_POINTS = (

@@ -81,10 +81,12 @@ def cmd_micro(args) -> dict:
 
 
 def cmd_workloads(args) -> dict:
-    import pytest
-
     sys.path.insert(0, HERE)
     import workloads
+
+    if args.callgrind:
+        return cmd_workloads_callgrind(args, workloads)
+    import pytest
 
     os.environ["RMBENCH_SCALE"] = str(args.scale or workloads.SCALE_TIMED)
     os.environ["RMBENCH_ROUNDS"] = str(args.rounds)
@@ -109,6 +111,20 @@ def cmd_workloads(args) -> dict:
     for b in data["benchmarks"]:
         out[b["params"]["name"]] = {"median": b["stats"]["median"], "iqr": b["stats"]["iqr"], "rounds": b["stats"]["rounds"]}
     return {"workloads": out}
+
+
+def cmd_workloads_callgrind(args, workloads) -> dict:
+    """Each workload once unmeasured (imports, caches, memory mapped), then once inside
+    ``rmbench_workload``, which callgrind counts (one dump per workload, in this order)."""
+    from rustmalloc._rustmalloc import _bench
+
+    n = args.scale or workloads.SCALE_CALLGRIND
+    # The thread pool's work runs on other threads, which `--toggle-collect` does not follow.
+    names = [w for w in workloads.WORKLOADS if w != "threads" and (not args.only or w in args.only)]
+    for name in names:
+        workloads.run_and_drop(name, n)
+        _bench.measure_call(lambda: workloads.run_and_drop(name, n))
+    return {"workloads_callgrind": {"names": names, "scale": n}}
 
 
 def cmd_memory(args) -> dict:

@@ -170,6 +170,8 @@ WORKLOADS: Dict[str, Callable[[int], Any]] = {
 SCALE_TIMED = 50_000
 SCALE_MEMORY = 500_000
 SCALE_QUICK = 1_000
+#: ``n`` for the workloads counted under callgrind (instructions; about 50x slower than native).
+SCALE_CALLGRIND = 20_000
 
 
 def run_and_drop(name: str, n: int) -> None:

@@ -33,6 +33,9 @@
 //! every thread count starts alike); `cross=True` makes the batch patterns free, in each round,
 //! the batch the next thread in a ring allocated. MEM and OBJ run on the calling thread with the
 //! GIL held, as their contract requires.
+//!
+//! `_bench.measure_call(f)` calls `f()` inside `rmbench_workload`, the measured region of the
+//! Python workloads under callgrind (`--toggle-collect=rmbench_workload`).
 
 use core::ffi::c_void;
 use std::hint::black_box;
@@ -617,9 +620,24 @@ fn run(
     }
 }
 
+/// Call `f()` inside `rmbench_workload`, the measured region of the Python workloads under
+/// callgrind (`--toggle-collect=rmbench_workload`): everything the interpreter does for `f`,
+/// its allocator calls included, is counted, and nothing before or after. Returns `f()`.
+#[pyfunction]
+fn measure_call(f: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    rmbench_workload(f)
+}
+
+#[no_mangle]
+#[inline(never)]
+fn rmbench_workload(f: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    f.call0().map(Bound::unbind)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let bench = PyModule::new(m.py(), "_bench")?;
     bench.add_function(wrap_pyfunction!(run, &bench)?)?;
+    bench.add_function(wrap_pyfunction!(measure_call, &bench)?)?;
     // Lets the suite refuse to measure a debug build by accident.
     bench.add("DEBUG_BUILD", cfg!(debug_assertions))?;
     m.add_submodule(&bench)?;

@@ -65,6 +65,17 @@ def test_callgrind_counts_and_profile(results):
     assert cg["pairs_obj_mix"]["entry_points"]["PyObject_Malloc"]["calls"] * 2 == cg["pairs_obj_mix"]["ops"]
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_callgrind_counts_the_python_workloads(results):
+    out, data = results
+    wl = data["callgrind_workloads"]["rustmalloc"]
+    assert {"tuples", "json", "gc_trees", "instances_slots"} <= set(wl)
+    assert "threads" not in wl  # its work runs on threads the toggle does not follow
+    # Each run is counted: a workload of 1,000 items takes more than a million instructions.
+    assert all(e["ir"] > 1_000_000 for e in wl.values()), wl
+    assert "Level 2 under callgrind" in (out / "results.md").read_text()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pytest_benchmark") is None, reason="pytest-benchmark is not installed")
 def test_workloads(results):
     _, data = results
