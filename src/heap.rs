@@ -652,9 +652,12 @@ unsafe fn count_free(h: *mut Heap, page: *mut Page) {
 /// The caller is `h`'s owner; `owner != h`; `p` is a live block of `page`.
 #[inline(always)]
 pub unsafe fn free_to_other_heap(h: *mut Heap, owner: *mut Heap, page: *mut Page, p: *mut u8) {
+    // (Not `used`: the owner writes it meanwhile.)
+    debug_assert!(owner != h && (*page).kind == PageKind::Small);
     // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`); it is set
     // when the page is initialised and stays while the page has a live block, so reading it
-    // while the owner changes the page's other fields is no race.
+    // while the owner changes the page's other fields is no race. It is read before the push:
+    // after it, the owner may collect the block and release and reuse the page.
     (*h).counters.free_counter((*page).counter as usize).add(1);
     push_remote(owner, p);
 }

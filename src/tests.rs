@@ -653,6 +653,78 @@ fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
     }
 }
 
+/// A thread's RAW free of a small block of another heap (`raw_heap::free_remote`) is counted
+/// once, on the freeing thread's heap, in the block's domain, and leaves the block on the
+/// owner's remote stack: the owner's page counts it in use until the owner collects. The same
+/// for a GIL-heap block freed through RAW from another thread.
+#[test]
+fn a_raw_free_from_another_thread_is_counted_on_the_freeing_heap() {
+    use crate::segment::page_of;
+    let _g = serial();
+    fn frees(h: usize, domain: usize) -> u64 {
+        let mut s = stats::Summary::new();
+        // SAFETY: heaps are never freed; counters are atomics.
+        s.add(unsafe { &(*(h as *mut heap::Heap)).counters });
+        s.domain(domain).frees
+    }
+    let mine: Vec<usize> = (0..100).map(|_| raw_malloc(48) as usize).collect();
+    let owner = raw_heap::with_heap(|h| h as usize).unwrap();
+    let obj = unsafe { gil_malloc(OBJ, 64) } as usize;
+    let (page, obj_page) = (page_of(mine[0] as *mut u8), page_of(obj as *mut u8));
+    let (used, obj_used) = unsafe { ((*page).used, (*obj_page).used) };
+    let owner_frees = frees(owner, RAW);
+    let on_page = mine
+        .iter()
+        .filter(|&&q| page_of(q as *mut u8) == page)
+        .count() as u32;
+    let freed = std::thread::spawn(move || {
+        let p = raw_malloc(16); // this thread's own heap, now in the cache
+        let h = raw_heap::with_heap(|h| h as usize).unwrap();
+        let before = (frees(h, RAW), frees(h, OBJ));
+        for &q in &mine {
+            unsafe { raw_free(q as *mut u8) };
+        }
+        unsafe { raw_free(obj as *mut u8) };
+        let after = (frees(h, RAW), frees(h, OBJ));
+        unsafe { raw_free(p) };
+        (after.0 - before.0, after.1 - before.1)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        freed,
+        (100, 1),
+        "counted once each, on the freeing thread's heap"
+    );
+    assert_eq!(
+        frees(owner, RAW),
+        owner_frees,
+        "nothing counted on the owner"
+    );
+    unsafe {
+        assert_eq!(
+            (*page).used,
+            used,
+            "the blocks wait on the owner's remote stack"
+        );
+        assert_eq!((*obj_page).used, obj_used);
+        assert!(!(*(owner as *mut heap::Heap))
+            .remote
+            .load(core::sync::atomic::Ordering::Relaxed)
+            .is_null());
+        assert!(!(*gil_heap())
+            .remote
+            .load(core::sync::atomic::Ordering::Relaxed)
+            .is_null());
+        raw_heap::with_heap(|h| heap::collect_remote(h)).unwrap();
+        heap::collect_remote(gil_heap());
+        assert_eq!((*page).used, used - on_page, "collected");
+        assert_eq!((*obj_page).used, obj_used - 1);
+        raw_heap::with_heap(|h| heap::check_invariants(h)).unwrap();
+        check_gil_heap();
+    }
+}
+
 /// Blocks another heap freed reach their pages only when the owner collects its remote stack:
 /// blocks of two pages interleaved, a full page that gets blocks back (it rejoins its queue) and
 /// a page left partly used all come out with the right counts and free lists, and the blocks
@@ -679,7 +751,7 @@ fn remote_frees_reach_their_pages_when_the_owner_collects() {
             .copied()
             .collect();
         for &p in &freed {
-            heap::free(other, p); // counted on `other`, pushed onto `h`'s remote stack
+            heap::free(other, p); // onto `h`'s remote stack
         }
         assert_eq!(
             (*s).used,
