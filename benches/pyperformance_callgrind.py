@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""pyperformance's benchmarks under callgrind: instructions per benchmark loop under pymalloc,
+PYTHONMALLOC=malloc (glibc) and rustmalloc, where their wall clock on a noisy machine cannot
+tell a few percent apart.
+
+    python benches/pyperformance_callgrind.py [--benchmarks a,b,...] [--target-ms 50] [--out DIR]
+
+Needs valgrind, and the venv that ``benches/pyperformance.sh`` made (it holds the benchmarks'
+requirements and rustmalloc with its startup hook; ``--venv`` to name another). Each benchmark
+(each pyperf task of a script: xml_etree has four) runs as a pyperf worker (``--worker --values 1
+--warmups 0``) under ``valgrind --tool=callgrind``, once with ``--loops L`` and once with
+``--loops 2L``, with L chosen from a native run so that L loops take about ``--target-ms``; the
+difference over L is the instructions of one loop, without the interpreter's start-up and imports.
+Counts are of the whole process, allocator included; callgrind is blind to cache misses.
+
+Writes ``<out>/callgrind.md`` and ``<out>/callgrind.json`` (default out:
+benches/results/pyperformance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from typing import Dict, List, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT = (
+    "json_dumps,json_loads,pickle_pure_python,unpickle_pure_python,deltablue,richards,go,hexiom,chaos,"
+    "raytrace,nbody,xml_etree,gc_traversal,async_tree,deepcopy"
+)
+CONFIGS = {
+    "pymalloc": {},
+    "malloc": {"PYTHONMALLOC": "malloc"},
+    "rustmalloc": {"RUSTMALLOC": "1"},
+}
+TOTAL = re.compile(r"^summary:\s*(\d+)", re.M)
+
+
+def benchmark_scripts(bench_root: str) -> Dict[str, Tuple[str, List[str]]]:
+    """pyperformance name -> (script, extra options), from the benchmarks' TOML files."""
+    out = {}
+    for toml in glob.glob(os.path.join(bench_root, "bm_*", "*.toml")):
+        with open(toml, "rb") as f:
+            meta = tomllib.load(f).get("tool", {}).get("pyperformance", {})
+        name = meta.get("name") or os.path.basename(os.path.dirname(toml))[3:]
+        if name and (name not in out or os.path.basename(toml) != "pyproject.toml"):
+            out[name] = (os.path.join(os.path.dirname(toml), "run_benchmark.py"), list(meta.get("extra_opts", [])))
+    return out
+
+
+def worker_cmd(python: str, script: str, extra: List[str], loops: int, task: int, out: str) -> List[str]:
+    return [python, script, *extra, "--worker", "--loops", str(loops), "--values", "1", "--warmups", "0",
+            "--worker-task", str(task), "-o", out]
+
+
+def tasks_of(python: str, script: str, extra: List[str], env: dict) -> List[Tuple[int, str, float]]:
+    """(task, pyperf benchmark name, seconds per loop) of each task of a script, natively."""
+    found = []
+    for task in range(16):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "r.json")
+            p = subprocess.run(worker_cmd(python, script, extra, 1, task, out), env=env, capture_output=True, text=True)
+            if p.returncode != 0 or not os.path.exists(out):
+                break
+            with open(out) as f:
+                data = json.load(f)
+        bench = data["benchmarks"][0] if "benchmarks" in data else data
+        name = bench.get("metadata", {}).get("name") or data.get("metadata", {}).get("name", f"task{task}")
+        values = [v for r in bench["runs"] for v in r.get("values", [])]
+        found.append((task, name, values[0]))
+    return found
+
+
+def callgrind_total(cmd: List[str], env: dict) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        cg = os.path.join(tmp, "cg.out")
+        p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", *cmd], env=env,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-1500:]}")
+        with open(cg, errors="replace") as f:
+            m = TOTAL.search(f.read())
+    if not m:
+        raise RuntimeError("no summary line in the callgrind output")
+    return int(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--benchmarks", default=DEFAULT)
+    ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
+    ap.add_argument("--target-ms", type=float, default=50.0, help="native time of the L loops counted")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "pyperformance"))
+    a = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    venvs = [a.venv] if a.venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
+    if len(venvs) != 1:
+        raise SystemExit("run benches/pyperformance.sh once first (it makes the venv), or pass --venv")
+    python = os.path.join(venvs[0], "bin", "python")
+    import pyperformance  # the benchmarks' sources ship with it
+
+    scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
+    base_env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
+    results: Dict[str, Dict[str, float]] = {}
+    for bname in a.benchmarks.split(","):
+        if bname not in scripts:
+            raise SystemExit(f"unknown benchmark {bname!r}")
+        script, extra = scripts[bname]
+        for task, name, per_loop in tasks_of(python, script, extra, base_env):
+            loops = max(1, round(a.target_ms / 1000 / per_loop))
+            for config, vars_ in CONFIGS.items():
+                env = dict(base_env, **vars_)
+                with tempfile.TemporaryDirectory() as tmp:  # pyperf will not overwrite its output
+                    one = callgrind_total(worker_cmd(python, script, extra, loops, task, os.path.join(tmp, "1.json")), env)
+                    two = callgrind_total(worker_cmd(python, script, extra, 2 * loops, task, os.path.join(tmp, "2.json")), env)
+                results.setdefault(name, {})[config] = (two - one) / loops
+                print(f"{name:24} {config:10} L={loops:<6} {(two - one) / loops / 1e6:10.2f} M instructions per loop",
+                      file=sys.stderr, flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "callgrind.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    lines = [
+        "# pyperformance under callgrind: instructions per loop",
+        "",
+        "`python benches/pyperformance_callgrind.py` (see its doc): millions of instructions of one benchmark loop, "
+        "the whole interpreter counted, then the ratios to pymalloc.",
+        "",
+        "| benchmark | pymalloc | malloc | rustmalloc | malloc / pymalloc | rustmalloc / pymalloc |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    ratios: Dict[str, List[float]] = {"malloc": [], "rustmalloc": []}
+    for name, r in results.items():
+        cells = [f"{r[c] / 1e6:.2f}" for c in CONFIGS]
+        rs = []
+        for c in ("malloc", "rustmalloc"):
+            ratios[c].append(r[c] / r["pymalloc"])
+            rs.append(f"{r[c] / r['pymalloc']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells + rs) + " |")
+    gm = [f"{math.exp(sum(map(math.log, ratios[c])) / len(ratios[c])):.3f}" for c in ("malloc", "rustmalloc")]
+    lines.append("| **geometric mean** | | | | " + " | ".join(gm) + " |")
+    with open(os.path.join(a.out, "callgrind.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
