@@ -14,7 +14,8 @@ difference over L is the instructions of one loop, without the interpreter's sta
 Counts are of the whole process, allocator included; callgrind is blind to cache misses.
 
 Writes ``<out>/callgrind.md`` and ``<out>/callgrind.json`` (default out:
-benches/results/pyperformance).
+benches/results/pyperformance); the JSON after every count, so ``--resume`` goes on where a run
+stopped. About 1-2 minutes per benchmark and configuration on this machine.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main() -> int:
     ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
     ap.add_argument("--target-ms", type=float, default=50.0, help="native time of the L loops counted")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "pyperformance"))
+    ap.add_argument("--resume", action="store_true", help="keep the counts already in <out>/callgrind.json")
     a = ap.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -112,6 +114,11 @@ def main() -> int:
     scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
     base_env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
     results: Dict[str, Dict[str, float]] = {}
+    saved = os.path.join(a.out, "callgrind.json")
+    if a.resume and os.path.exists(saved):
+        with open(saved) as f:
+            results = json.load(f)
+    os.makedirs(a.out, exist_ok=True)
     for bname in a.benchmarks.split(","):
         if bname not in scripts:
             raise SystemExit(f"unknown benchmark {bname!r}")
@@ -119,6 +126,8 @@ def main() -> int:
         for task, name, per_loop in tasks_of(python, script, extra, base_env):
             loops = max(1, round(a.target_ms / 1000 / per_loop))
             for config, vars_ in CONFIGS.items():
+                if config in results.get(name, {}):
+                    continue
                 env = dict(base_env, **vars_)
                 with tempfile.TemporaryDirectory() as tmp:  # pyperf will not overwrite its output
                     one = callgrind_total(worker_cmd(python, script, extra, loops, task, os.path.join(tmp, "1.json")), env)
@@ -126,9 +135,8 @@ def main() -> int:
                 results.setdefault(name, {})[config] = (two - one) / loops
                 print(f"{name:24} {config:10} L={loops:<6} {(two - one) / loops / 1e6:10.2f} M instructions per loop",
                       file=sys.stderr, flush=True)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "callgrind.json"), "w") as f:
-        json.dump(results, f, indent=1)
+                with open(saved, "w") as f:  # after each count, for --resume
+                    json.dump(results, f, indent=1)
     lines = [
         "# pyperformance under callgrind: instructions per loop",
         "",
@@ -140,6 +148,8 @@ def main() -> int:
     ]
     ratios: Dict[str, List[float]] = {"malloc": [], "rustmalloc": []}
     for name, r in results.items():
+        if set(r) != set(CONFIGS):
+            continue
         cells = [f"{r[c] / 1e6:.2f}" for c in CONFIGS]
         rs = []
         for c in ("malloc", "rustmalloc"):
