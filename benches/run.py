@@ -69,7 +69,8 @@ class Runner:
         cmd = (prefix or []) + [self.args.python, WORKER, command, out] + extra
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, env=cfgmod.worker_env(config), cwd=HERE, capture_output=True, text=True, timeout=TIMEOUT)
+            env = cfgmod.worker_env(config, callgrind=prefix is not None)
+            proc = subprocess.run(cmd, env=env, cwd=HERE, capture_output=True, text=True, timeout=TIMEOUT)
             code, stderr = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired:
             code, stderr = f"timeout after {TIMEOUT} s", ""
