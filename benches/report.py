@@ -122,6 +122,29 @@ class Results:
         return cell
 
 
+def _value_and_ratio_tables(R: Results, rows: List[str], get, first: str, with_geomean: bool = False) -> List[str]:
+    """A table of `get(config, row)` (a number or Stat), then one of its ratios to pymalloc and
+    to glibc, with a last row of each configuration's geometric mean of the ratios if asked."""
+    out = R.table(rows, _cell(get), first)
+    out += ["", "Ratios: × pymalloc / × glibc" + (", and the geometric mean." if with_geomean else "."), ""]
+    out += R.table(rows, R.ratio_cell(get), first)
+    if with_geomean:
+
+        def val(c, r):
+            v = get(c, r)
+            return v.median if isinstance(v, Stat) else v
+
+        gm = []
+        for c in R.configs:
+            parts = []
+            for base in ("pymalloc", "glibc"):
+                rs = [val(c, n) / val(base, n) for n in rows if val(c, n) and val(base, n)]
+                parts.append(f"{geomean(rs):.3f}" if rs else "–")
+            gm.append(" / ".join(parts))
+        out.append("| **geometric mean** | " + " | ".join(gm) + " |")
+    return out
+
+
 def _cell(get, digits=1):
     def cell(c, r):
         v = get(c, r)
@@ -368,11 +391,7 @@ def markdown(data: dict, charts: List[str]) -> str:
           "(`--toggle-collect=rmbench_measure`), allocator and CPython's public wrappers included. LD_PRELOADed "
           "allocators run fine under callgrind (it does not replace malloc, unlike memcheck).")
         w("")
-        L += R.table(cg_benches, _cell(R.instr_per_op), "benchmark")
-        w("")
-        w("Ratios: × pymalloc / × glibc.")
-        w("")
-        L += R.table(cg_benches, R.ratio_cell(R.instr_per_op), "benchmark")
+        L += _value_and_ratio_tables(R, cg_benches, R.instr_per_op, "benchmark")
         w("")
         L += _entry_point_section(R, cg_benches)
         L += _profile_section(data)
@@ -383,19 +402,7 @@ def markdown(data: dict, charts: List[str]) -> str:
         w(f"pytest-benchmark (`benches/test_workloads.py`), {data['workload_rounds']} repetitions per process; the median of "
           "each process, then the median over the interleaved processes. A repetition builds the data and drops it.")
         w("")
-        L += R.table(names, _cell(R.workload), "workload")
-        w("")
-        w("Ratios: × pymalloc / × glibc, and the geometric mean.")
-        w("")
-        L += R.table(names, R.ratio_cell(R.workload), "workload")
-        gm = []
-        for c in R.configs:
-            parts = []
-            for base in ("pymalloc", "glibc"):
-                rs = [R.workload(c, n).median / R.workload(base, n).median for n in names if R.workload(c, n) and R.workload(base, n)]
-                parts.append(f"{geomean(rs):.3f}" if rs else "–")
-            gm.append(" / ".join(parts))
-        w("| **geometric mean** | " + " | ".join(gm) + " |")
+        L += _value_and_ratio_tables(R, names, R.workload, "workload", with_geomean=True)
         w("")
     if data.get("callgrind_workloads"):
         cgw = data["callgrind_workloads"]
@@ -409,20 +416,7 @@ def markdown(data: dict, charts: List[str]) -> str:
           "clock swings by several; blind to cache misses. The thread-pool workload is left out (its work runs on "
           "threads the toggle does not follow).")
         w("")
-        L += R.table(names, _cell(R.workload_instr), "workload")
-        w("")
-        w("Ratios: × pymalloc / × glibc, and the geometric mean.")
-        w("")
-        L += R.table(names, R.ratio_cell(R.workload_instr), "workload")
-        gm = []
-        for c in R.configs:
-            parts = []
-            for base in ("pymalloc", "glibc"):
-                rs = [R.workload_instr(c, n) / R.workload_instr(base, n) for n in names
-                      if R.workload_instr(c, n) and R.workload_instr(base, n)]
-                parts.append(f"{geomean(rs):.3f}" if rs else "–")
-            gm.append(" / ".join(parts))
-        w("| **geometric mean** | " + " | ".join(gm) + " |")
+        L += _value_and_ratio_tables(R, names, R.workload_instr, "workload", with_geomean=True)
         w("")
     if data["memory"]:
         names = _memory_names(R)

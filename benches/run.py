@@ -136,30 +136,14 @@ class Runner:
         for c in self.configs:
             if wanted and c.name not in wanted:
                 continue
-            base = os.path.join(self.tmp, f"callgrind.{c.name}")
-            for old in glob.glob(base + ".*"):
-                os.unlink(old)
-            prefix = [
-                valgrind,
-                "--tool=callgrind",
-                "--collect-atstart=no",
-                "--toggle-collect=rmbench_measure",
-                "--dump-after=rmbench_measure",
-                # Call counts per call chain (see cgprofile's doc), and per-instruction costs
-                # for callgrind_annotate.
-                "--separate-callers=8",
-                "--dump-instr=yes",
-                f"--callgrind-out-file={base}",
-            ]
-            res = self.worker(c, "micro", ["--callgrind"] + (["--quick"] if self.args.quick else []), prefix)
-            if not res:
+            # Call counts per call chain (see cgprofile's doc), and per-instruction costs for
+            # callgrind_annotate.
+            extra = ["--callgrind"] + (["--quick"] if self.args.quick else [])
+            got = self.callgrind_worker(data, c, valgrind, "callgrind", "micro", extra, "rmbench_measure",
+                                        ["--separate-callers=8", "--dump-instr=yes"], lambda res: res["micro"])
+            if got is None:
                 continue
-            parts = sorted(glob.glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
-            if len(parts) != len(res["micro"]):
-                data["notes"].append(
-                    f"callgrind {c.name}: {len(parts)} dumps for {len(res['micro'])} benchmarks; instruction counts not used"
-                )
-                continue
+            res, parts = got
             for m, part in zip(res["micro"], parts):
                 prof = cgprofile.parse(part, within="rmbench_measure")
                 entry = {"ir": prof.total, "ops": m["ops"], "errors": m["errors"], "file": os.path.relpath(part, self.args.out)}
@@ -169,29 +153,35 @@ class Runner:
                 data["callgrind"].setdefault(c.name, {})[m["name"]] = entry
             self.run_callgrind_workloads(data, c, valgrind)
 
+    def callgrind_worker(self, data: dict, c: cfgmod.Config, valgrind: str, stem: str, command: str,
+                         extra: List[str], region: str, options: List[str], measured) -> Optional[tuple]:
+        """Run a worker under callgrind, counting only inside `region` with one dump after each
+        time it returns. (its result, its dump files in order), or None (noted) if the dumps do
+        not match what `measured(result)` lists."""
+        base = os.path.join(self.tmp, f"{stem}.{c.name}")
+        for old in glob.glob(base + ".*"):
+            os.unlink(old)
+        prefix = [valgrind, "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={region}",
+                  f"--dump-after={region}", *options, f"--callgrind-out-file={base}"]
+        res = self.worker(c, command, extra, prefix)
+        if not res:
+            return None
+        parts = sorted(glob.glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+        if len(parts) != len(measured(res)):
+            data["notes"].append(f"{stem} {c.name}: {len(parts)} dumps for {len(measured(res))} runs; not used")
+            return None
+        return res, parts
+
     def run_callgrind_workloads(self, data: dict, c: cfgmod.Config, valgrind: str) -> None:
         """The Python workloads under callgrind: instructions of the whole interpreter per
         workload run, stable where their wall clock swings by several percent."""
-        base = os.path.join(self.tmp, f"callgrind-workloads.{c.name}")
-        for old in glob.glob(base + ".*"):
-            os.unlink(old)
-        prefix = [
-            valgrind,
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=rmbench_workload",
-            "--dump-after=rmbench_workload",
-            f"--callgrind-out-file={base}",
-        ]
         extra = ["--callgrind"] + (["--scale", str(workloads.SCALE_QUICK)] if self.args.quick else [])
-        res = self.worker(c, "workloads", extra, prefix)
-        if not res:
+        got = self.callgrind_worker(data, c, valgrind, "callgrind-workloads", "workloads", extra, "rmbench_workload",
+                                    [], lambda res: res["workloads_callgrind"]["names"])
+        if got is None:
             return
+        res, parts = got
         names = res["workloads_callgrind"]["names"]
-        parts = sorted(glob.glob(base + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
-        if len(parts) != len(names):
-            data["notes"].append(f"callgrind workloads {c.name}: {len(parts)} dumps for {len(names)} workloads; not used")
-            return
         for name, part in zip(names, parts):
             prof = cgprofile.parse(part)
             data.setdefault("callgrind_workloads", {}).setdefault(c.name, {})[name] = {
