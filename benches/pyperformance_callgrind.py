@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import re
 import shutil
@@ -41,6 +40,7 @@ DEFAULT = (
 )
 sys.path.insert(0, HERE)
 from configs import CALLGRIND_PURGE_DELAY_MS  # noqa: E402  (why: see there)
+from report import geomean  # noqa: E402
 
 CONFIGS = {
     "pymalloc": {},
@@ -162,7 +162,7 @@ def main() -> int:
             ratios[c].append(r[c] / r["pymalloc"])
             rs.append(f"{r[c] / r['pymalloc']:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells + rs) + " |")
-    gm = [f"{math.exp(sum(map(math.log, ratios[c])) / len(ratios[c])):.3f}" for c in ("malloc", "rustmalloc")]
+    gm = [f"{geomean(ratios[c]):.3f}" for c in ("malloc", "rustmalloc")]
     lines.append("| **geometric mean** | | | | " + " | ".join(gm) + " |")
     with open(os.path.join(a.out, "callgrind.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
