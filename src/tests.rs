@@ -657,6 +657,56 @@ fn a_page_that_was_full_rejoins_its_queue_at_the_back() {
     }
 }
 
+/// A page whose last block is freed stays if it is the only page of its queue (a malloc/free
+/// pair at an otherwise empty class reuses it, mapping nothing), and goes back to its segment
+/// if its queue has another page (`heap::sole_page`, which tells the two apart from the page's
+/// queue links alone).
+#[test]
+fn the_only_page_of_a_queue_is_kept_when_it_empties_and_others_are_released() {
+    use crate::segment::page_of;
+    let _g = serial();
+    let (h, size, per_page) = (private_heap(), 1024, segment::PAGE_SIZE / 1024);
+    let class = crate::size_class::SizeClass::of(size).index();
+    let pages = |h: *mut heap::Heap| unsafe { (*h).counters.pages[1][class].get() };
+    unsafe {
+        let p = heap::alloc(h, size, 1);
+        let a = page_of(p);
+        heap::free(h, p);
+        assert_eq!(
+            pages(h),
+            1,
+            "the only page of its queue is kept when it empties"
+        );
+        assert_eq!(
+            heap::alloc(h, size, 1),
+            p,
+            "and the next malloc reuses its block"
+        );
+        heap::free(h, p);
+        heap::check_invariants(h);
+
+        // Page A full (out of its queue), page B holding one block.
+        let blocks: Vec<*mut u8> = (0..per_page + 1).map(|_| heap::alloc(h, size, 1)).collect();
+        let b = page_of(blocks[per_page]);
+        assert!(blocks[..per_page].iter().all(|&q| page_of(q) == a) && b != a);
+        assert_eq!(pages(h), 2);
+        heap::free(h, blocks[0]); // A rejoins the queue, behind B
+        heap::free(h, blocks[per_page]); // B empties with A in its queue: released
+        assert_eq!(
+            pages(h),
+            1,
+            "an empty page with a neighbour in its queue is released"
+        );
+        heap::check_invariants(h);
+        for &q in &blocks[1..per_page] {
+            heap::free(h, q);
+        }
+        assert_eq!(pages(h), 1, "A, alone again, is kept");
+        assert_eq!(page_of(heap::alloc(h, size, 1)), a);
+        heap::check_invariants(h);
+    }
+}
+
 /// A thread's RAW free of a small block of another heap (`raw_heap::free_remote`) is counted
 /// once, on the freeing thread's heap, in the block's domain, and leaves the block on the
 /// owner's remote stack: the owner's page counts it in use until the owner collects. The same
