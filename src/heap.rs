@@ -241,7 +241,9 @@ pub unsafe fn alloc_counted<const STATS: bool>(
             // on the fast path, and the next allocation's slow path moves on if none came.
             // (Taking it out at once made a malloc/free pair at such a page requeue it each
             // time.)
-            (*page).free = vg::read_link(block);
+            let next = vg::read_link(block);
+            (*page).free = next;
+            prefetch(next);
             (*page).used += 1;
             if STATS {
                 // SAFETY: `domain < DOMAINS` (callers' contract), `class < NUM_CLASSES`.
@@ -255,6 +257,24 @@ pub unsafe fn alloc_counted<const STATS: bool>(
         }
         alloc_small_slow(h, class, domain)
     }
+}
+
+/// Start loading the cache line of `p`, the block the next allocation from this page returns.
+/// Where frees come in random order (a churn over a large live set), a page's free list
+/// points all over it, and reading the popped block's link was a cache miss on the malloc
+/// path (callgrind's cache simulation of churn: 0.21 of rustmalloc's 1.16 misses of a 1 MiB
+/// L2 per call; tcmalloc's LIFO caches hand back recently freed, cached blocks). Loaded ahead,
+/// the line is there when the next malloc of the class comes. One instruction per malloc.
+/// A prefetch never faults, so `p` may be null or in a decommitted page.
+#[inline(always)]
+fn prefetch(p: *mut u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch hint reads nothing the program can observe and never faults.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// `alloc` of `n * size` zeroed bytes; null on overflow.
