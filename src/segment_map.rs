@@ -4,7 +4,8 @@
 //! safe on any pointer, ours or pymalloc's or libc's. It is a two-level radix tree over the
 //! 48-bit user address space: a static root of `ROOT_LEN` leaf pointers, and leaves of one byte
 //! per segment, mapped from the OS the first time a segment in their range is registered and
-//! never freed (one leaf covers 64 GiB of address space in 16 KiB).
+//! never freed (one leaf covers 64 GiB of address space in 16 KiB). A root entry with no leaf
+//! points at `EMPTY_LEAF`, all zeros and never written, so `owns` tests no null pointer.
 //!
 //! Invariant: an entry is set from just after its segment is mapped until just before it is
 //! unmapped, so no pointer of someone else's mapping can ever be found in the map.
@@ -16,7 +17,6 @@
 
 use crate::os;
 use crate::segment::{SEGMENT_SHIFT, SEGMENT_SIZE};
-use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering::*};
 
 const ADDRESS_BITS: u32 = 48;
@@ -33,7 +33,15 @@ pub const HUGE_TAIL: u8 = 4;
 /// Entries whose segment can hold a pointer we handed out.
 const BLOCK_BEARING: u8 = PAGES | HUGE;
 
-static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(null_mut()) }; ROOT_LEN];
+/// The leaf of every root entry whose range has no segment: all "not ours", never written.
+static EMPTY_LEAF: Leaf = [const { AtomicU8::new(0) }; LEAF_LEN];
+
+static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(empty_leaf()) }; ROOT_LEN];
+
+#[inline(always)]
+const fn empty_leaf() -> *mut Leaf {
+    &EMPTY_LEAF as *const Leaf as *mut Leaf
+}
 
 #[inline(always)]
 fn split(addr: usize) -> Option<(usize, usize)> {
@@ -52,10 +60,11 @@ pub fn owns(p: *const u8) -> bool {
         return false;
     };
     // SAFETY: `split` returns `r < ROOT_LEN` (the address has at most ADDRESS_BITS bits) and
-    // `l < LEAF_LEN` (masked); a non-null root entry points to a leaf that is never unmapped.
+    // `l < LEAF_LEN` (masked); a root entry points to `EMPTY_LEAF` or to a leaf that is never
+    // unmapped.
     unsafe {
         let leaf = ROOT.get_unchecked(r).load(Acquire);
-        !leaf.is_null() && (*leaf).get_unchecked(l).load(Relaxed) & BLOCK_BEARING != 0
+        (*leaf).get_unchecked(l).load(Relaxed) & BLOCK_BEARING != 0
     }
 }
 
@@ -90,13 +99,13 @@ fn set(base: *mut u8, kind: u8) -> bool {
         return false;
     };
     let mut leaf = ROOT[r].load(Acquire);
-    if leaf.is_null() {
+    if leaf == empty_leaf() {
         let size = os::round_up(core::mem::size_of::<Leaf>(), os::page_size()).unwrap_or(0);
         let fresh = os::map_aligned(size, os::page_size(), 0) as *mut Leaf;
         if fresh.is_null() {
             return false;
         }
-        match ROOT[r].compare_exchange(null_mut(), fresh, AcqRel, Acquire) {
+        match ROOT[r].compare_exchange(empty_leaf(), fresh, AcqRel, Acquire) {
             Ok(_) => leaf = fresh,
             Err(existing) => {
                 os::unmap(fresh as *mut u8, size);
@@ -114,7 +123,7 @@ fn clear(base: *mut u8) {
         return;
     };
     let leaf = ROOT[r].load(Acquire);
-    if !leaf.is_null() {
+    if leaf != empty_leaf() {
         // SAFETY: leaves are never unmapped.
         unsafe { (*leaf)[l].store(0, Release) };
     }
@@ -125,7 +134,7 @@ fn clear(base: *mut u8) {
 pub fn for_each(mut f: impl FnMut(*mut u8, u8)) {
     for (r, root) in ROOT.iter().enumerate() {
         let leaf = root.load(Acquire);
-        if leaf.is_null() {
+        if leaf == empty_leaf() {
             continue;
         }
         for l in 0..LEAF_LEN {
@@ -149,6 +158,16 @@ mod tests {
         assert!(!owns(core::ptr::null()));
         assert!(!owns(usize::MAX as *const u8));
         assert!(!owns((1usize << 47) as *const u8));
+    }
+
+    #[test]
+    fn the_empty_leaf_is_never_written() {
+        // Far from every mapping of this process (they sit near 0x55.. and 0x7f..): a root
+        // entry with no leaf of its own.
+        let far = ((1usize << 46) + (123 << SEGMENT_SHIFT)) as *mut u8;
+        unregister(far, SEGMENT_SIZE);
+        assert!(!owns(far));
+        assert!(EMPTY_LEAF.iter().all(|k| k.load(Relaxed) == 0));
     }
 
     #[test]
