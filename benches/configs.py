@@ -101,6 +101,11 @@ def worker_env(config: Config, base: Optional[Dict[str, str]] = None, callgrind:
     for var in ("PYTHONMALLOC", "LD_PRELOAD", "RMBENCH_INSTALL", "RUSTMALLOC", "PYTHONTRACEMALLOC"):
         env.pop(var, None)
     env.update(config.env)
+    if callgrind:
+        # One hash seed for every run: with random seeds the dicts of the Python workloads
+        # differ from run to run, and so did their instruction counts (by up to 0.7%, pymalloc
+        # against itself), as much as the differences being measured.
+        env.setdefault("PYTHONHASHSEED", "0")
     if config.install:
         env["RMBENCH_INSTALL"] = config.install
         if callgrind:
