@@ -95,19 +95,21 @@ def all_configs() -> Tuple[List[Config], List[str]]:
 #: delay scaled). Under callgrind the delay is scaled by 50, unless the environment sets it.
 CALLGRIND_PURGE_DELAY_MS = 250 * 50
 
+#: One hash seed for every run under callgrind: with random seeds the dicts of a Python program
+#: differ from run to run, and so did its instruction count (by up to 0.7% for the workloads,
+#: pymalloc against itself), as much as the differences being measured.
+CALLGRIND_HASH_SEED = "0"
+
 
 def worker_env(config: Config, base: Optional[Dict[str, str]] = None, callgrind: bool = False) -> Dict[str, str]:
     env = dict(os.environ if base is None else base)
     for var in ("PYTHONMALLOC", "LD_PRELOAD", "RMBENCH_INSTALL", "RUSTMALLOC", "PYTHONTRACEMALLOC"):
         env.pop(var, None)
     env.update(config.env)
-    if callgrind:
-        # One hash seed for every run: with random seeds the dicts of the Python workloads
-        # differ from run to run, and so did their instruction counts (by up to 0.7%, pymalloc
-        # against itself), as much as the differences being measured.
-        env.setdefault("PYTHONHASHSEED", "0")
     if config.install:
         env["RMBENCH_INSTALL"] = config.install
-        if callgrind:
+    if callgrind:
+        env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
+        if config.install:
             env.setdefault("RUSTMALLOC_PURGE_DELAY_MS", str(CALLGRIND_PURGE_DELAY_MS))
     return env

@@ -12,7 +12,8 @@ requirements and rustmalloc with its startup hook; ``--venv`` to name another). 
 ``--loops 2L``, with L chosen from a native run so that L loops take about ``--target-ms``; the
 difference over L is the instructions of one loop, without the interpreter's start-up and imports.
 Counts are of the whole process, allocator included; callgrind is blind to cache misses.
-rustmalloc's purge delay is scaled to callgrind's slowdown (``configs.CALLGRIND_PURGE_DELAY_MS``).
+rustmalloc's purge delay is scaled to callgrind's slowdown (``configs.CALLGRIND_PURGE_DELAY_MS``),
+and every run gets the same hash seed (``configs.CALLGRIND_HASH_SEED``).
 
 Writes ``<out>/callgrind.md`` and ``<out>/callgrind.json`` (default out:
 benches/results/pyperformance); the JSON after every count, so ``--resume`` goes on where a run
@@ -39,7 +40,7 @@ DEFAULT = (
     "raytrace,nbody,xml_etree,gc_traversal,async_tree,deepcopy"
 )
 sys.path.insert(0, HERE)
-from configs import CALLGRIND_PURGE_DELAY_MS  # noqa: E402  (why: see there)
+from configs import CALLGRIND_HASH_SEED, CALLGRIND_PURGE_DELAY_MS  # noqa: E402  (why: see there)
 from report import geomean  # noqa: E402
 
 CONFIGS = {
@@ -117,6 +118,7 @@ def main() -> int:
 
     scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
     base_env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
+    base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
     saved = os.path.join(a.out, "callgrind.json")
     if a.resume and os.path.exists(saved):
