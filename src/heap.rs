@@ -375,7 +375,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
             }
             leave_queue_full(q, page);
         }
-        let page = take_pages(h, 1);
+        let page = take_pages(h, 1, PageKind::Small);
         if page.is_null() {
             return null_mut();
         }
@@ -439,7 +439,7 @@ unsafe extern "C" fn alloc_large(h: *mut Heap, size: usize, domain: usize) -> *m
         collect_remote(h);
         maybe_purge(h);
         let count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
-        let page = take_pages(h, count);
+        let page = take_pages(h, count, PageKind::Large);
         if page.is_null() {
             return null_mut();
         }
@@ -514,16 +514,16 @@ unsafe fn release_before_failing(h: *mut Heap) -> bool {
     here + crate::release_elsewhere(h) > 0
 }
 
-/// Take `count` contiguous free pages from one of the heap's segments, mapping a new segment
-/// if none has room.
+/// Take `count` contiguous free pages for a page of `kind` from one of the heap's segments,
+/// mapping a new segment if none has room (see `segment::take_pages`).
 ///
 /// # Safety
-/// The caller is `h`'s owner; `1 <= count <= LARGE_MAX / PAGE_SIZE`.
-unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
+/// The caller is `h`'s owner; `1 <= count <= LARGE_MAX / PAGE_SIZE`, 1 for a small page.
+unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
     let mut seg = (*h).segments;
     while !seg.is_null() {
         let was_empty = (*seg).used_pages == 0;
-        let page = segment::take_pages(seg, count);
+        let page = segment::take_pages(seg, count, kind);
         if !page.is_null() {
             if was_empty {
                 (*h).empty_segments -= 1;
@@ -543,7 +543,7 @@ unsafe fn take_pages(h: *mut Heap, count: usize) -> *mut Page {
         return null_mut();
     }
     segment_list_push(h, seg);
-    let page = segment::take_pages(seg, count);
+    let page = segment::take_pages(seg, count, kind);
     debug_assert!(!page.is_null());
     page
 }

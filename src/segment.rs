@@ -334,16 +334,27 @@ pub unsafe fn release_segment(seg: *mut SegmentHeader) {
     count_segment(-1);
 }
 
-/// Take `count` contiguous free pages from `seg`; returns the first page's descriptor or null.
+/// Take `count` contiguous free pages from `seg` for a page of `kind`; returns the first page's
+/// descriptor or null.
+///
+/// Small pages come from the top of the segment, large spans from the bottom (the lowest run
+/// that fits): a large block then has free pages after it to grow into in place (`extend_span`)
+/// until it meets the small pages coming down. Taken from the bottom, the next small page
+/// would be the one right after the large block, and a buffer grown by `realloc` (a list by
+/// `list.append`) would move at almost every page it grows by.
 ///
 /// # Safety
-/// `seg` is a live `Pages` segment owned by the caller's heap.
-pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize) -> *mut Page {
+/// `seg` is a live `Pages` segment owned by the caller's heap; `kind` is not `Free`, and
+/// `count` is 1 for a small page.
+pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize, kind: PageKind) -> *mut Page {
     let free = (*seg).free_pages;
     if free == 0 {
         return null_mut();
     }
-    let idx = if count == 1 {
+    let idx = if kind == PageKind::Small {
+        debug_assert_eq!(count, 1);
+        63 - free.leading_zeros() as usize
+    } else if count == 1 {
         free.trailing_zeros() as usize
     } else {
         match find_run(free, count) {
@@ -431,7 +442,7 @@ fn find_run(bits: u64, count: usize) -> Option<usize> {
 /// segment's owner frees into on the fast path (`Page::local`).
 ///
 /// # Safety
-/// `page` was just returned by `take_pages(seg, 1)`.
+/// `page` was just returned by `take_pages(seg, 1, PageKind::Small)`.
 pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).local.store(
         (*segment_of(page as *const u8)).owner,
@@ -793,16 +804,28 @@ mod tests {
                 (*seg).free_pages.count_ones() as usize,
                 PAGES_PER_SEGMENT - 1
             );
-            let p = take_pages(seg, 1);
+            // Large spans from the bottom, small pages from the top.
+            let p = take_pages(seg, 1, PageKind::Large);
             assert_eq!(p, page_at(seg, 1));
             let inner = page_start(p).add(PAGE_SIZE - 1);
             assert_eq!(page_of(inner), p);
-            let span = take_pages(seg, 5);
+            let small = take_pages(seg, 1, PageKind::Small);
+            assert_eq!(small, page_at(seg, PAGES_PER_SEGMENT - 1));
+            let span = take_pages(seg, 5, PageKind::Large);
             assert_eq!(span, page_at(seg, 2));
-            assert!(extend_span(span, 2));
+            assert_eq!(
+                take_pages(seg, 1, PageKind::Small),
+                page_at(seg, PAGES_PER_SEGMENT - 2)
+            );
+            assert!(
+                extend_span(span, 2),
+                "the pages after a large span stay free"
+            );
             assert_eq!((*span).span, 7);
             assert!(!return_pages(span));
-            assert!(return_pages(p));
+            assert!(!return_pages(p));
+            assert!(!return_pages(small));
+            assert!(return_pages(page_at(seg, PAGES_PER_SEGMENT - 2)));
             release_segment(seg);
         }
     }

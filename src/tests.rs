@@ -370,6 +370,38 @@ fn large_block_grows_in_place_when_pages_follow() {
 }
 
 #[test]
+fn a_large_block_grows_in_place_while_small_pages_are_taken() {
+    let _g = serial();
+    // A large buffer growing a page at a time while small objects fill new pages between its
+    // steps (json.dumps' list of chunks beside the chunks): the small pages come from the top
+    // of the segment and leave the pages after the buffer free.
+    let h: *mut heap::Heap = Box::into_raw(Box::new(heap::Heap::new()));
+    unsafe {
+        let mut len = SMALL_MAX + 1;
+        let first = heap::alloc(h, len, MEM);
+        fill(first, len, 7);
+        let mut p = first;
+        let mut small = Vec::new();
+        for _ in 0..16 {
+            for _ in 0..segment::PAGE_SIZE / 1024 {
+                small.push(heap::alloc(h, 1024, OBJ));
+            }
+            let next = len + segment::PAGE_SIZE;
+            p = heap::realloc(h, p, next, MEM);
+            assert_eq!(p, first, "moved at {next} bytes");
+            len = next;
+        }
+        check_prefix(p, len, SMALL_MAX + 1, 7);
+        heap::check_invariants(h);
+        heap::free(h, p);
+        for b in small {
+            heap::free(h, b);
+        }
+        heap::check_invariants(h);
+    }
+}
+
+#[test]
 fn huge_blocks_are_zeroed_and_unmapped() {
     let _g = serial();
     let p = raw_calloc(3, 1 << 20);
