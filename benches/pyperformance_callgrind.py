@@ -17,7 +17,11 @@ and every run gets the same hash seed (``configs.CALLGRIND_HASH_SEED``).
 
 Writes ``<out>/callgrind.md`` and ``<out>/callgrind.json`` (default out:
 benches/results/pyperformance); the JSON after every count, so ``--resume`` goes on where a run
-stopped. About 1-2 minutes per benchmark and configuration on this machine.
+stopped. About 1-2 minutes per benchmark and configuration on this machine. ``--configs``
+counts only some configurations: two runs on copies of one callgrind.json that holds the loop
+counts (``--resume``), then their counts merged, use both cores; with ``--configs ''`` and
+``--resume`` the script counts nothing and writes the table from the JSON (it still runs each
+benchmark once natively, to list its tasks).
 """
 
 from __future__ import annotations
@@ -107,7 +111,14 @@ def main() -> int:
     ap.add_argument("--target-ms", type=float, default=50.0, help="native time of the L loops counted")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "pyperformance"))
     ap.add_argument("--resume", action="store_true", help="keep the counts already in <out>/callgrind.json")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help="count only these configurations (two runs with --resume on copies of one callgrind.json, "
+                    "which fixes the loop counts, can count them on two cores; merge the JSON files after)")
     a = ap.parse_args()
+    configs = a.configs.split(",") if a.configs else []
+    for c in configs:
+        if c not in CONFIGS:
+            raise SystemExit(f"--configs: unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     venvs = [a.venv] if a.venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
@@ -133,7 +144,8 @@ def main() -> int:
             # One loop count per benchmark for every configuration (kept by --resume).
             loops = int(results.get(name, {}).get("loops") or max(1, round(a.target_ms / 1000 / per_loop)))
             results.setdefault(name, {})["loops"] = loops
-            for config, vars_ in CONFIGS.items():
+            for config in configs:
+                vars_ = CONFIGS[config]
                 if config in results.get(name, {}):
                     continue
                 env = dict(base_env, **vars_)

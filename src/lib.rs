@@ -83,6 +83,8 @@ pub fn owns(p: *const u8) -> bool {
 /// takes requests over 512 bytes from `PyMem_RawMalloc` — ours once RAW is installed — and hand
 /// out that block plus their 16-byte header. Such a pointer lies in our segments but is theirs.
 /// O(1); a division on the way, so only then.
+// Safe for any pointer value: only our own metadata is read, and only once `owns(p)` holds.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn owns_block_start(p: *const u8) -> bool {
     // SAFETY: `owns(p)` holds, so the metadata read is ours.
     owns(p) && unsafe { heap::is_block_start(p) }
