@@ -195,6 +195,19 @@ pub struct ClassTotals {
     pub pages: u64,
 }
 
+/// An in-use figure whose sum over heaps wrapped below zero reads as zero. A read sums the heaps
+/// one after another while other threads run: it can see another thread's free of a block (counted
+/// on the freeing thread's heap) and not the block's allocation (counted on its owner's heap, read
+/// before the allocation). Quiescent sums never wrap.
+#[inline]
+pub fn not_below_zero(x: u64) -> u64 {
+    if (x as i64) < 0 {
+        0
+    } else {
+        x
+    }
+}
+
 /// Running sums over heaps.
 pub struct Summary {
     allocs: [[u64; SLOTS]; DOMAINS],
@@ -268,7 +281,7 @@ impl Summary {
     }
 
     pub fn class(&self, domain: usize, class: usize) -> ClassTotals {
-        let in_use = self.class_in_use(domain, class);
+        let in_use = not_below_zero(self.class_in_use(domain, class));
         ClassTotals {
             blocks_in_use: in_use,
             blocks_free: self.carved[domain][class].saturating_sub(in_use),
@@ -294,12 +307,48 @@ impl Summary {
         t.bytes_allocated += self.large_alloc[d];
         t.bytes_freed += self.large_freed[d];
         t.blocks_in_use = t.blocks_in_use.wrapping_add(t.large_blocks_in_use);
-        t.bytes_in_use = t.bytes_allocated.wrapping_sub(t.bytes_freed);
+        t.bytes_in_use = not_below_zero(t.bytes_allocated.wrapping_sub(t.bytes_freed));
+        t.blocks_in_use = not_below_zero(t.blocks_in_use);
+        t.large_blocks_in_use = not_below_zero(t.large_blocks_in_use);
+        t.large_bytes_in_use = not_below_zero(t.large_bytes_in_use);
         t.peak_bytes_in_use = (self.peak[d] as i64).max(t.bytes_in_use as i64).max(0) as u64;
         t.callocs = self.callocs[d];
         t.reallocs = self.reallocs[d];
         t.foreign_frees = self.foreign_frees[d];
         t.foreign_reallocs = self.foreign_reallocs[d];
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_use_figures_of_a_racing_read_never_go_below_zero() {
+        // A free counted on one heap whose allocation the read missed on another.
+        let (owner, freer) = (Counters::new(), Counters::new());
+        owner.allocs[1][3].add(5);
+        freer.frees[1][3].add(6);
+        freer.frees[1][LARGE_SLOT].add(1);
+        freer.large_bytes_freed[1].add(40_000);
+        let mut sum = Summary::new();
+        sum.add(&owner);
+        sum.add(&freer);
+        let d = sum.domain(1);
+        assert_eq!((d.blocks_in_use, d.bytes_in_use), (0, 0));
+        assert_eq!((d.large_blocks_in_use, d.large_bytes_in_use), (0, 0));
+        assert_eq!(sum.class(1, 3).blocks_in_use, 0);
+        // Quiescent sums are exact.
+        owner.allocs[1][3].add(2);
+        let mut sum = Summary::new();
+        sum.add(&owner);
+        sum.add(&freer);
+        assert_eq!(sum.class(1, 3).blocks_in_use, 1);
+        assert_eq!(
+            sum.domain(1).bytes_in_use,
+            0,
+            "the large free still unmatched"
+        );
     }
 }
