@@ -700,14 +700,7 @@ fn _snapshot() -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
 #[pyfunction]
 fn _track_totals() -> (u64, u64, u64, u64, u64, u64) {
     let sum = crate::summary();
-    let mut t = (
-        0u64,
-        0u64,
-        0u64,
-        0u64,
-        crate::stats::not_below_zero(sum.live_all),
-        sum.peak_all,
-    );
+    let mut t = (0u64, 0u64, 0u64, 0u64, sum.live_all(), sum.peak_all);
     for d in 0..3 {
         let x = sum.domain(d);
         t.0 += x.bytes_allocated;

@@ -221,7 +221,7 @@ pub struct Summary {
     peak: [u64; DOMAINS],
     pages: [[u64; NUM_CLASSES]; DOMAINS],
     carved: [[u64; NUM_CLASSES]; DOMAINS],
-    pub live_all: u64,
+    live_all: u64,
     pub peak_all: u64,
 }
 
@@ -273,6 +273,11 @@ impl Summary {
         self.peak_all = self
             .peak_all
             .wrapping_add((live_all as i64).max(peak_all as i64) as u64);
+    }
+
+    /// Live bytes of all domains (never below zero: see `not_below_zero`).
+    pub fn live_all(&self) -> u64 {
+        not_below_zero(self.live_all)
     }
 
     /// Live blocks of `class` in `domain` (sums wrap: a free may be counted on another heap).

@@ -354,7 +354,7 @@ fn large_block_grows_in_place_when_pages_follow() {
     // Growing into a segment's last free pages must take the segment off the heap's list of
     // segments with free pages. A private heap makes the layout exact: its first segment has 63
     // usable pages; a 32-page span, a 1-page span, then grow the latter into the 30 left.
-    let h: *mut heap::Heap = Box::into_raw(Box::new(heap::Heap::new()));
+    let h = private_heap();
     unsafe {
         let a = heap::alloc(h, 32 * segment::PAGE_SIZE, MEM);
         let b = heap::alloc(h, SMALL_MAX + 1, MEM);
@@ -375,7 +375,7 @@ fn a_large_block_grows_in_place_while_small_pages_are_taken() {
     // A large buffer growing a page at a time while small objects fill new pages between its
     // steps (json.dumps' list of chunks beside the chunks): the small pages come from the top
     // of the segment and leave the pages after the buffer free.
-    let h: *mut heap::Heap = Box::into_raw(Box::new(heap::Heap::new()));
+    let h = private_heap();
     unsafe {
         let mut len = SMALL_MAX + 1;
         let first = heap::alloc(h, len, MEM);
