@@ -24,7 +24,7 @@ use crate::segment::{
     page_start, purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind,
     LARGE_MAX, PAGE_SHIFT, PAGE_SIZE,
 };
-use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX, TABLE_MAX};
+use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
 use crate::valgrind as vg;
 use core::ptr::{self, null_mut};
@@ -35,14 +35,16 @@ pub const EMPTY_SEGMENTS_KEPT: u32 = 4;
 /// Slow paths between two looks at the clock for the automatic purge.
 const PURGE_CHECK_EVERY: u32 = 64;
 
-/// The pages of one (domain, class), doubly linked through `Page::next`/`prev`. `first` is never
-/// null: an empty queue's is `empty_page()`, a page with no free block, so the allocation fast
-/// path reads `first.free` without testing `first` (and never writes to it). Walks start at
+/// The pages of one (domain, class), doubly linked through `Page::next`/`prev`: a handle on the
+/// queue's two ends, which live in the heap's `first` and `last` arrays (separate, so the
+/// allocation fast path indexes `first` by class with a scaled load and no multiply). `*first` is
+/// never null: an empty queue's is `empty_page()`, a page with no free block, so the allocation
+/// fast path reads `first.free` without testing `first` (and never writes to it). Walks start at
 /// `first_page`, which turns the sentinel into null.
 #[derive(Clone, Copy)]
 pub struct PageQueue {
-    pub first: *mut Page,
-    pub last: *mut Page,
+    pub first: *mut *mut Page,
+    pub last: *mut *mut Page,
 }
 
 /// The sentinel of empty queues: never linked, never written. It has no free block, so the fast
@@ -67,8 +69,8 @@ const fn empty_page() -> *mut Page {
 /// # Safety
 /// `q` is a live queue.
 #[inline(always)]
-unsafe fn first_page(q: *const PageQueue) -> *mut Page {
-    let first = (*q).first;
+unsafe fn first_page(q: PageQueue) -> *mut Page {
+    let first = *q.first;
     if first == empty_page() {
         null_mut()
     } else {
@@ -78,10 +80,11 @@ unsafe fn first_page(q: *const PageQueue) -> *mut Page {
 
 #[repr(C)]
 pub struct Heap {
-    /// Page queues, indexed `domain * QUEUE_STRIDE + class` (the last of each domain's
-    /// `QUEUE_STRIDE` is unused): the same index as `Page::counter`, so the free fast path finds a
-    /// page's queue from the page alone.
-    pub queues: [PageQueue; DOMAINS * QUEUE_STRIDE],
+    /// The two ends of the page queues (see `PageQueue`), indexed `domain * QUEUE_STRIDE + class`
+    /// (the last of each domain's `QUEUE_STRIDE` is unused): the same index as `Page::counter`,
+    /// so the free fast path finds a page's queue from the page alone.
+    pub first: [*mut Page; DOMAINS * QUEUE_STRIDE],
+    pub last: [*mut Page; DOMAINS * QUEUE_STRIDE],
     /// Segments that have at least one free page (doubly linked through the headers).
     pub segments: *mut SegmentHeader,
     /// How many of those are entirely empty.
@@ -110,10 +113,8 @@ pub struct Heap {
 impl Heap {
     pub const fn new() -> Heap {
         Heap {
-            queues: [PageQueue {
-                first: empty_page(),
-                last: null_mut(),
-            }; DOMAINS * QUEUE_STRIDE],
+            first: [empty_page(); DOMAINS * QUEUE_STRIDE],
+            last: [null_mut(); DOMAINS * QUEUE_STRIDE],
             segments: null_mut(),
             empty_segments: 0,
             counters: Counters::new(),
@@ -145,12 +146,24 @@ impl<T> core::ops::Deref for CacheLine<T> {
 /// # Safety
 /// `h` is a live heap, `domain < DOMAINS` and `class < NUM_CLASSES`.
 #[inline(always)]
-unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> *mut PageQueue {
-    // SAFETY: in bounds by the contract above.
-    (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add(domain * QUEUE_STRIDE + class)
+unsafe fn queue(h: *mut Heap, domain: usize, class: usize) -> PageQueue {
+    queue_at(h, domain * QUEUE_STRIDE + class)
 }
 
-/// Queues per domain in `Heap::queues`: one per class, and one unused (see there).
+/// The queue at index `i` of `h`'s `first` and `last`.
+///
+/// # Safety
+/// `h` is a live heap and `i < DOMAINS * QUEUE_STRIDE`.
+#[inline(always)]
+unsafe fn queue_at(h: *mut Heap, i: usize) -> PageQueue {
+    // SAFETY: in bounds by the contract above.
+    PageQueue {
+        first: (ptr::addr_of_mut!((*h).first) as *mut *mut Page).add(i),
+        last: (ptr::addr_of_mut!((*h).last) as *mut *mut Page).add(i),
+    }
+}
+
+/// Queues per domain in `Heap::first` and `Heap::last`: one per class, and one unused (see there).
 pub const QUEUE_STRIDE: usize = NUM_CLASSES + 1;
 // `Page::counter` indexes both the queues and the per-class counters.
 const _: () = assert!(QUEUE_STRIDE == crate::stats::SLOTS);
@@ -172,7 +185,7 @@ unsafe fn sole_page(h: *mut Heap, page: *mut Page) -> bool {
     debug_assert!(!(*page).full);
     debug_assert_eq!(sole, {
         let q = page_queue(h, page);
-        (*q).first == page && (*q).last == page
+        *q.first == page && *q.last == page
     });
     sole
 }
@@ -182,9 +195,9 @@ unsafe fn sole_page(h: *mut Heap, page: *mut Page) -> bool {
 /// # Safety
 /// `page` is a small page of `h`.
 #[inline(always)]
-unsafe fn page_queue(h: *mut Heap, page: *mut Page) -> *mut PageQueue {
+unsafe fn page_queue(h: *mut Heap, page: *mut Page) -> PageQueue {
     // SAFETY: `counter` is `domain * QUEUE_STRIDE + class` (`init_small_page`), in bounds.
-    (ptr::addr_of_mut!((*h).queues) as *mut PageQueue).add((*page).counter as usize)
+    queue_at(h, (*page).counter as usize)
 }
 
 /// A full page of `h` that just got a block back leaves the full state and joins the back of
@@ -223,18 +236,22 @@ pub unsafe fn alloc_counted<const STATS: bool>(
     size: usize,
     domain: usize,
 ) -> *mut u8 {
-    // The table lookup first: most requests are small, and the large test then costs them nothing.
-    let class = if size <= TABLE_MAX {
-        SizeClass::of(size).index()
-    } else if size <= SMALL_MAX {
-        SizeClass::of(size).index()
+    // The 16-byte-step classes first, by arithmetic: most requests are there, and the tests for
+    // the rest then cost them nothing.
+    let class = if let Some(class) = SizeClass::fine(size) {
+        class.index()
     } else {
-        return alloc_large(h, size, domain);
+        unlikely();
+        if size <= SMALL_MAX {
+            SizeClass::of(size).index()
+        } else {
+            return alloc_large(h, size, domain);
+        }
     };
     {
         // SAFETY (for the unchecked indices below): `domain < DOMAINS` by the caller's
         // contract, `class < NUM_CLASSES` as a `SizeClass`.
-        let page = (*queue(h, domain, class)).first; // never null (see `PageQueue`)
+        let page = *queue(h, domain, class).first; // never null (see `PageQueue`)
         let block = (*page).free;
         if !block.is_null() {
             // A page whose last block this takes stays first in its queue: frees into it stay
@@ -258,6 +275,13 @@ pub unsafe fn alloc_counted<const STATS: bool>(
         alloc_small_slow(h, class, domain)
     }
 }
+
+/// Marks the branch that calls it as the unlikely one, so the compiler lays the other out as
+/// the straight line (a call to a `#[cold]` function is how LLVM learns it: stable Rust has no
+/// `likely`); the call itself is inlined away.
+#[cold]
+#[inline(always)]
+fn unlikely() {}
 
 /// Start loading the cache line of `p`, the block the next allocation from this page returns.
 /// Where frees come in random order (a churn over a large live set), a page's free list
@@ -320,7 +344,7 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
     {
         (*h).purge_countdown -= 1;
         let q = queue(h, domain, class);
-        let mut page = (*q).first;
+        let mut page = *q.first;
         loop {
             if !(*page).free.is_null() {
                 return pop(h, page, class, domain);
@@ -330,7 +354,7 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
                 break;
             }
             leave_queue_full(q, page);
-            page = (*q).first;
+            page = *q.first;
         }
     }
     alloc_small_slower(h, class, domain)
@@ -360,7 +384,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
                 // is dropped and purged, a program that goes on allocating a little reuses the
                 // pages it frees into instead of walking through the sparse purged ones, faulting
                 // each in (to be purged again).
-                let last = (*q).last;
+                let last = *q.last;
                 if last != page && !(*last).free.is_null() {
                     queue_remove(q, last);
                     queue_push_front(q, last);
@@ -393,7 +417,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
 /// # Safety
 /// `page` is the first page of `q`, with no free block to hand out; the caller owns its heap.
 #[inline(always)]
-unsafe fn leave_queue_full(q: *mut PageQueue, page: *mut Page) {
+unsafe fn leave_queue_full(q: PageQueue, page: *mut Page) {
     queue_remove(q, page);
     (*page).full = true;
     (*page).local.store(null_mut(), Relaxed);
@@ -893,43 +917,43 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
 
 /// # Safety
 /// `page` is in no queue, and the caller owns the heap of both.
-unsafe fn queue_push_front(q: *mut PageQueue, page: *mut Page) {
+unsafe fn queue_push_front(q: PageQueue, page: *mut Page) {
     let first = first_page(q);
     (*page).prev = null_mut();
     (*page).next = first;
     if first.is_null() {
-        (*q).last = page;
+        *q.last = page;
     } else {
         (*first).prev = page;
     }
-    (*q).first = page;
+    *q.first = page;
 }
 
 /// # Safety
 /// `page` is in no queue, and the caller owns the heap of both.
-unsafe fn queue_push_back(q: *mut PageQueue, page: *mut Page) {
-    let last = (*q).last;
+unsafe fn queue_push_back(q: PageQueue, page: *mut Page) {
+    let last = *q.last;
     (*page).next = null_mut();
     (*page).prev = last;
     if last.is_null() {
-        (*q).first = page;
+        *q.first = page;
     } else {
         (*last).next = page;
     }
-    (*q).last = page;
+    *q.last = page;
 }
 
 /// # Safety
 /// `page` is in queue `q`, and the caller owns the heap of both.
-unsafe fn queue_remove(q: *mut PageQueue, page: *mut Page) {
+unsafe fn queue_remove(q: PageQueue, page: *mut Page) {
     let (prev, next) = ((*page).prev, (*page).next);
     if prev.is_null() {
-        (*q).first = if next.is_null() { empty_page() } else { next };
+        *q.first = if next.is_null() { empty_page() } else { next };
     } else {
         (*prev).next = next;
     }
     if next.is_null() {
-        (*q).last = prev;
+        *q.last = prev;
     } else {
         (*next).prev = prev;
     }
@@ -1013,7 +1037,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     };
     // Free OS pages inside partly used pages.
     for i in 0..DOMAINS * QUEUE_STRIDE {
-        let q = ptr::addr_of_mut!((*h).queues[i]);
+        let q = queue_at(h, i);
         let mut page = first_page(q);
         if mode == Mode::Auto && !page.is_null() {
             page = (*page).next; // the page being allocated from keeps its blocks
@@ -1095,10 +1119,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         seg = (*seg).next;
     }
     assert_eq!(empty, (*h).empty_segments);
-    for (i, q) in (*h).queues.iter().enumerate() {
+    for i in 0..DOMAINS * QUEUE_STRIDE {
+        let q = queue_at(h, i);
         let (domain, class) = (i / QUEUE_STRIDE, i % QUEUE_STRIDE);
         assert!(
-            !q.first.is_null(),
+            !(*q.first).is_null(),
             "a queue's first is never null (see PageQueue)"
         );
         let mut page = first_page(q);
@@ -1136,6 +1161,6 @@ pub unsafe fn check_invariants(h: *mut Heap) {
             prev = page;
             page = (*page).next;
         }
-        assert_eq!(q.last, prev);
+        assert_eq!(*q.last, prev);
     }
 }

@@ -78,6 +78,18 @@ impl SizeClass {
         }
     }
 
+    /// The class of a request of 1..=`FINE_MAX` bytes, with no table: `(size - 1) / 16`, one
+    /// compare and one shift (0 bytes, which wraps around, and larger requests get `None`).
+    #[inline(always)]
+    pub fn fine(size: usize) -> Option<SizeClass> {
+        let n = size.wrapping_sub(1);
+        if n < FINE_MAX {
+            Some(SizeClass((n / ALIGNMENT) as u8))
+        } else {
+            None
+        }
+    }
+
     #[inline]
     fn coarse(size: usize) -> SizeClass {
         let n = size - 1;
@@ -126,6 +138,20 @@ mod tests {
                     "size {size}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn fine_agrees_with_the_table() {
+        assert_eq!(SizeClass::fine(0), None);
+        assert_eq!(SizeClass::fine(FINE_MAX + 1), None);
+        assert_eq!(SizeClass::fine(usize::MAX), None);
+        for size in 1..=FINE_MAX {
+            assert_eq!(
+                SizeClass::fine(size),
+                Some(SizeClass::of(size)),
+                "size {size}"
+            );
         }
     }
 
