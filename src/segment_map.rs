@@ -47,13 +47,11 @@ const fn empty_leaf() -> *mut Leaf {
 
 #[inline(always)]
 fn split(addr: usize) -> Option<(usize, usize)> {
-    // The root index tests the address's width too: an address of more than ADDRESS_BITS bits
-    // has one of ROOT_LEN or more (one shift and one compare for both).
-    let r = addr >> (SEGMENT_SHIFT + LEAF_BITS);
-    if r >= ROOT_LEN {
+    if addr >> ADDRESS_BITS != 0 {
         return None;
     }
-    Some((r, (addr >> SEGMENT_SHIFT) & (LEAF_LEN - 1)))
+    let seg = addr >> SEGMENT_SHIFT;
+    Some((seg >> LEAF_BITS, seg & (LEAF_LEN - 1)))
 }
 
 /// Segments in the address space the map covers.
