@@ -12,7 +12,8 @@
 # HOME, PYTHONPATH and the variables named by --inherit-environ; so this script installs the
 # project into that venv and passes RUSTMALLOC (or PYTHONMALLOC) through --inherit-environ.
 #
-# Rounds interleave the configurations (pymalloc, malloc, rustmalloc, pymalloc, ...); each
+# Rounds interleave the configurations, each round in an order rotated by one (pymalloc, malloc,
+# rustmalloc; then malloc, rustmalloc, pymalloc; ...; use a multiple of 3 rounds); each
 # configuration's runs are appended to one pyperf file, so compare_to's significance test sees
 # every round. Output: <out>/{pymalloc,malloc,rustmalloc}.json and <out>/compare.md (the three side
 # by side with their geometric mean, then rustmalloc against pymalloc grouped by significance).
@@ -71,8 +72,14 @@ if ! RUSTMALLOC=1 "$venv/bin/python" -c 'import sys, rustmalloc; sys.exit(rustma
 fi
 
 rm -f "$out"/pymalloc.json "$out"/malloc.json "$out"/rustmalloc.json
+configs=(pymalloc malloc rustmalloc)
 for round in $(seq 1 "$rounds"); do
-    for config in pymalloc malloc rustmalloc; do
+    # Each round starts one configuration later, so that each takes every place in the order
+    # (exactly, when --rounds is a multiple of 3): in a fixed order, rustmalloc always ran right
+    # after glibc and pymalloc always first, and anything tied to the place (what the machine is
+    # left doing by the run before) fell on one configuration in every round.
+    for k in 0 1 2; do
+        config=${configs[$(( (round - 1 + k) % 3 ))]}
         echo "== round $round/$rounds: $config"
         case $config in
             pymalloc) vars=() ; inherit=() ;;

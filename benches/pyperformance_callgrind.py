@@ -22,6 +22,14 @@ counts only some configurations: two runs on copies of one callgrind.json that h
 counts (``--resume``), then their counts merged, use both cores; with ``--configs ''`` and
 ``--resume`` the script counts nothing and writes the table from the JSON (it still runs each
 benchmark once natively, to list its tasks).
+
+``--cache-sim`` runs cachegrind's cache simulation instead of callgrind, in the same way (loops
+L and 2L, the same hash seed and purge delay), with the last level set to one core's L2 (read
+from sysfs, or ``--l2 SIZE,WAYS,LINE``; the shared L3, 32 MiB here, holds these loops almost
+whole): per loop, the instructions, and the data reads and writes that miss the L1 data cache
+and the L2, which is where a layout the allocator chose costs time that instructions do not show.
+It writes ``cachesim.md`` and ``cachesim.json`` (``--resume`` and ``--configs`` work on those).
+Still a model: no TLB, no prefetcher, no other tenant on the cache.
 """
 
 from __future__ import annotations
@@ -53,6 +61,10 @@ CONFIGS = {
     "rustmalloc": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": str(CALLGRIND_PURGE_DELAY_MS)},
 }
 TOTAL = re.compile(r"^summary:\s*(\d+)", re.M)
+SUMMARY = re.compile(r"^summary:\s*(.*)$", re.M)
+EVENTS = re.compile(r"^events:\s*(.*)$", re.M)
+# cachesim.json keys: instructions, and data reads and writes that miss L1d and the last level.
+CACHE_KEYS = {"ir": ("Ir",), "d1": ("D1mr", "D1mw"), "l2": ("DLmr", "DLmw")}
 
 
 def benchmark_scripts(bench_root: str) -> Dict[str, Tuple[str, List[str]]]:
@@ -104,16 +116,88 @@ def callgrind_total(cmd: List[str], env: dict) -> int:
     return int(m.group(1))
 
 
+def l2_geometry(given: str) -> str:
+    """cachegrind's ``--LL`` value (size,ways,line in bytes) for one core's L2: ``given`` or sysfs."""
+    if given:
+        return given
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for index in sorted(glob.glob(os.path.join(base, "index*"))):
+        def read(name: str) -> str:
+            with open(os.path.join(index, name)) as f:
+                return f.read().strip()
+        try:
+            if read("level") != "2" or read("type") not in ("Unified", "Data"):
+                continue
+            size = read("size")
+            size_bytes = int(size[:-1]) * {"K": 1024, "M": 1024 * 1024}[size[-1]] if size[-1] in "KM" else int(size)
+            return f"{size_bytes},{read('ways_of_associativity')},{read('coherency_line_size')}"
+        except (OSError, ValueError, KeyError):
+            break
+    raise SystemExit("--cache-sim: this machine's L2 is not described in sysfs; pass --l2 SIZE,WAYS,LINE "
+                     "(bytes, e.g. 524288,8,64)")
+
+
+def cachegrind_misses(cmd: List[str], env: dict, l2: str) -> Dict[str, int]:
+    """Instructions and data-cache misses of a whole run under cachegrind, L1d and (as its last
+    level) ``l2``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        p = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--LL={l2}",
+                            f"--cachegrind-out-file={out}", *cmd], env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-1500:]}")
+        with open(out, errors="replace") as f:
+            text = f.read()
+    ev, summary = EVENTS.search(text), SUMMARY.search(text)
+    if not ev or not summary:
+        raise RuntimeError("no events or summary line in the cachegrind output")
+    counts = dict(zip(ev.group(1).split(), map(int, summary.group(1).split())))
+    return {key: sum(counts[e] for e in events) for key, events in CACHE_KEYS.items()}
+
+
+def cache_table(results: Dict[str, Dict], l2: str) -> List[str]:
+    lines = [
+        "# pyperformance under cachegrind: data-cache misses per loop",
+        "",
+        "`python benches/pyperformance_callgrind.py --cache-sim` (see its doc): cachegrind's simulation of one loop "
+        f"(loops L and 2L), L1d as the machine's and the last level as one core's L2 (`--LL={l2}`): millions of "
+        "data reads and writes that miss each, then rustmalloc's instructions and misses as ratios to pymalloc's. "
+        "A model: no TLB, no prefetcher, no neighbours on the cache.",
+        "",
+        "| benchmark | L1d pymalloc | L1d malloc | L1d rustmalloc | L2 pymalloc | L2 malloc | L2 rustmalloc "
+        "| instructions rustmalloc / pymalloc | L1d rustmalloc / pymalloc | L2 rustmalloc / pymalloc |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios: Dict[str, List[float]] = {k: [] for k in CACHE_KEYS}
+    for name, r in results.items():
+        if not set(CONFIGS) <= set(r):
+            continue
+        cells = [f"{r[c][k] / 1e6:.2f}" for k in ("d1", "l2") for c in CONFIGS]
+        for k in CACHE_KEYS:
+            ratio = r["rustmalloc"][k] / r["pymalloc"][k] if r["pymalloc"][k] > 0 else float("nan")
+            if ratio == ratio:
+                ratios[k].append(ratio)
+            cells.append(f"{ratio:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    gm = [f"{geomean(ratios[k]):.3f}" if ratios[k] else "–" for k in CACHE_KEYS]
+    lines.append("| **geometric mean** | | | | | | | " + " | ".join(gm) + " |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmarks", default=DEFAULT)
     ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
     ap.add_argument("--target-ms", type=float, default=50.0, help="native time of the L loops counted")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "pyperformance"))
-    ap.add_argument("--resume", action="store_true", help="keep the counts already in <out>/callgrind.json")
+    ap.add_argument("--resume", action="store_true", help="keep the counts already in <out>/callgrind.json (cachesim.json)")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help="count only these configurations (two runs with --resume on copies of one callgrind.json, "
                     "which fixes the loop counts, can count them on two cores; merge the JSON files after)")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="count data-cache misses with cachegrind (L1d, and one core's L2 as the last level) "
+                    "instead of instructions; writes cachesim.md / cachesim.json")
+    ap.add_argument("--l2", default="", help="with --cache-sim: the L2 as SIZE,WAYS,LINE in bytes (default: sysfs)")
     a = ap.parse_args()
     configs = a.configs.split(",") if a.configs else []
     for c in configs:
@@ -131,7 +215,8 @@ def main() -> int:
     base_env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
     base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
-    saved = os.path.join(a.out, "callgrind.json")
+    l2 = l2_geometry(a.l2) if a.cache_sim else ""
+    saved = os.path.join(a.out, "cachesim.json" if a.cache_sim else "callgrind.json")
     if a.resume and os.path.exists(saved):
         with open(saved) as f:
             results = json.load(f)
@@ -150,13 +235,26 @@ def main() -> int:
                     continue
                 env = dict(base_env, **vars_)
                 with tempfile.TemporaryDirectory() as tmp:  # pyperf will not overwrite its output
-                    one = callgrind_total(worker_cmd(python, script, extra, loops, task, os.path.join(tmp, "1.json")), env)
-                    two = callgrind_total(worker_cmd(python, script, extra, 2 * loops, task, os.path.join(tmp, "2.json")), env)
-                results.setdefault(name, {})[config] = (two - one) / loops
-                print(f"{name:24} {config:10} L={loops:<6} {(two - one) / loops / 1e6:10.2f} M instructions per loop",
-                      file=sys.stderr, flush=True)
+                    cmds = [worker_cmd(python, script, extra, n, task, os.path.join(tmp, f"{n}.json"))
+                            for n in (loops, 2 * loops)]
+                    if a.cache_sim:
+                        one, two = (cachegrind_misses(cmd, env, l2) for cmd in cmds)
+                        per_loop = {k: (two[k] - one[k]) / loops for k in CACHE_KEYS}
+                        shown = " ".join(f"{k} {v / 1e6:8.3f} M" for k, v in per_loop.items()) + " per loop"
+                    else:
+                        one, two = (callgrind_total(cmd, env) for cmd in cmds)
+                        per_loop = (two - one) / loops
+                        shown = f"{per_loop / 1e6:10.2f} M instructions per loop"
+                results.setdefault(name, {})[config] = per_loop
+                print(f"{name:24} {config:10} L={loops:<6} {shown}", file=sys.stderr, flush=True)
                 with open(saved, "w") as f:  # after each count, for --resume
                     json.dump(results, f, indent=1)
+    if a.cache_sim:
+        lines = cache_table(results, l2)
+        with open(os.path.join(a.out, "cachesim.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     lines = [
         "# pyperformance under callgrind: instructions per loop",
         "",

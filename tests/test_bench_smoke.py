@@ -102,3 +102,46 @@ def test_markdown_and_charts(results):
     if importlib.util.find_spec("matplotlib") is not None:
         for chart in ("micro_ns.png", "memory.png"):
             assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _pyperformance_tools():
+    path = os.path.join(ROOT, "benches", "pyperformance_callgrind.py")
+    if not os.path.exists(path):
+        pytest.skip("benches/ is not here (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("pyperformance_callgrind", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # imports benches/configs.py and report.py, not pyperformance
+    return mod
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_cache_sim_counts_the_misses_of_a_buffer_larger_than_the_l2():
+    """pyperformance_callgrind.py --cache-sim reads cachegrind's misses: a program that writes
+    one byte in every cache line of 8 MiB misses about that many lines more than one that does
+    not, in the simulated L1d and in the 512 KiB L2."""
+    tools = _pyperformance_tools()
+    l2 = "524288,8,64"
+    lines = (8 << 20) // 64
+    touch = "b = bytearray(8 << 20)\nfor i in range(0, len(b), 64): b[i] = 1"
+    idle = "b = bytearray(8 << 20)\nfor i in range(0, len(b), 64): pass"
+    env = dict(os.environ)
+    env.pop("RUSTMALLOC", None)
+    busy = tools.cachegrind_misses([sys.executable, "-c", touch], env, l2)
+    quiet = tools.cachegrind_misses([sys.executable, "-c", idle], env, l2)
+    # Misses, not accesses: the loop that writes makes millions more of those.
+    assert lines * 0.9 <= busy["d1"] - quiet["d1"] <= lines * 1.5, (busy, quiet)
+    assert lines * 0.9 <= busy["l2"] - quiet["l2"] <= lines * 1.5, (busy, quiet)
+    assert tools.l2_geometry("1024,2,64") == "1024,2,64"
+
+
+def test_cache_sim_table_gives_ratios_to_pymalloc():
+    tools = _pyperformance_tools()
+    results = {
+        "bench_a": {"loops": 1, "pymalloc": {"ir": 8e6, "d1": 2e6, "l2": 1e6},
+                    "malloc": {"ir": 9e6, "d1": 3e6, "l2": 2e6}, "rustmalloc": {"ir": 6e6, "d1": 1e6, "l2": 1e6}},
+        "partial": {"loops": 1, "pymalloc": {"ir": 1.0, "d1": 1.0, "l2": 1.0}},
+    }
+    table = "\n".join(tools.cache_table(results, "524288,8,64"))
+    assert "| bench_a | 2.00 | 3.00 | 1.00 | 1.00 | 2.00 | 1.00 | 0.750 | 0.500 | 1.000 |" in table
+    assert "partial" not in table
+    assert "| **geometric mean** | | | | | | | 0.750 | 0.500 | 1.000 |" in table
