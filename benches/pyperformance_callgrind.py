@@ -160,27 +160,24 @@ def cache_table(results: Dict[str, Dict], l2: str) -> List[str]:
         "# pyperformance under cachegrind: data-cache misses per loop",
         "",
         "`python benches/pyperformance_callgrind.py --cache-sim` (see its doc): cachegrind's simulation of one loop "
-        f"(loops L and 2L), L1d as the machine's and the last level as one core's L2 (`--LL={l2}`): millions of "
-        "data reads and writes that miss each, then rustmalloc's instructions and misses as ratios to pymalloc's. "
-        "A model: no TLB, no prefetcher, no neighbours on the cache.",
+        f"(loops L and 2L), L1d as the machine's and the last level as one core's L2 (`--LL={l2}`): data reads "
+        "and writes that miss each level per 1,000 instructions (MPKI, each configuration over its own "
+        "instructions), and rustmalloc's instructions as a ratio to pymalloc's. A model: no TLB, no prefetcher, "
+        "no neighbours on the cache.",
         "",
-        "| benchmark | L1d pymalloc | L1d malloc | L1d rustmalloc | L2 pymalloc | L2 malloc | L2 rustmalloc "
-        "| instructions rustmalloc / pymalloc | L1d rustmalloc / pymalloc | L2 rustmalloc / pymalloc |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| benchmark | instructions rustmalloc / pymalloc | L1d MPKI pymalloc | L1d malloc | L1d rustmalloc "
+        "| L2 MPKI pymalloc | L2 malloc | L2 rustmalloc |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ratios: Dict[str, List[float]] = {k: [] for k in CACHE_KEYS}
+    ratios: List[float] = []
     for name, r in results.items():
         if not set(CONFIGS) <= set(r):
             continue
-        cells = [f"{r[c][k] / 1e6:.2f}" for k in ("d1", "l2") for c in CONFIGS]
-        for k in CACHE_KEYS:
-            ratio = r["rustmalloc"][k] / r["pymalloc"][k] if r["pymalloc"][k] > 0 else float("nan")
-            if ratio == ratio:
-                ratios[k].append(ratio)
-            cells.append(f"{ratio:.3f}")
+        ratios.append(r["rustmalloc"]["ir"] / r["pymalloc"]["ir"])
+        cells = [f"{ratios[-1]:.3f}"]
+        cells += [f"{max(0.0, r[c][k]) * 1000 / r[c]['ir']:.3f}" for k in ("d1", "l2") for c in CONFIGS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    gm = [f"{geomean(ratios[k]):.3f}" if ratios[k] else "–" for k in CACHE_KEYS]
-    lines.append("| **geometric mean** | | | | | | | " + " | ".join(gm) + " |")
+    lines.append(f"| **geometric mean** | {geomean(ratios):.3f} | | | | | | |" if ratios else "")
     return lines
 
 

@@ -134,14 +134,15 @@ def test_cache_sim_counts_the_misses_of_a_buffer_larger_than_the_l2():
     assert tools.l2_geometry("1024,2,64") == "1024,2,64"
 
 
-def test_cache_sim_table_gives_ratios_to_pymalloc():
+def test_cache_sim_table_gives_misses_per_thousand_instructions():
     tools = _pyperformance_tools()
     results = {
-        "bench_a": {"loops": 1, "pymalloc": {"ir": 8e6, "d1": 2e6, "l2": 1e6},
-                    "malloc": {"ir": 9e6, "d1": 3e6, "l2": 2e6}, "rustmalloc": {"ir": 6e6, "d1": 1e6, "l2": 1e6}},
+        "bench_a": {"loops": 1, "pymalloc": {"ir": 8e6, "d1": 2e5, "l2": 1e4},
+                    "malloc": {"ir": 1e7, "d1": 3e5, "l2": -5.0}, "rustmalloc": {"ir": 6e6, "d1": 6e4, "l2": 1.2e4}},
         "partial": {"loops": 1, "pymalloc": {"ir": 1.0, "d1": 1.0, "l2": 1.0}},
     }
     table = "\n".join(tools.cache_table(results, "524288,8,64"))
-    assert "| bench_a | 2.00 | 3.00 | 1.00 | 1.00 | 2.00 | 1.00 | 0.750 | 0.500 | 1.000 |" in table
+    # A negative difference (fewer misses at 2L loops than at L) is shown as none.
+    assert "| bench_a | 0.750 | 25.000 | 30.000 | 10.000 | 1.250 | 0.000 | 2.000 |" in table
     assert "partial" not in table
-    assert "| **geometric mean** | | | | | | | 0.750 | 0.500 | 1.000 |" in table
+    assert "| **geometric mean** | 0.750 |" in table

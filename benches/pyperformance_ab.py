@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""One pyperformance benchmark, configurations alternated process by process: a quicker check of
+a single verdict of ``benches/pyperformance.sh`` than another whole run.
+
+    python benches/pyperformance_ab.py BENCHMARK [--rounds 16] [--loops 1] [--configs pymalloc,rustmalloc]
+
+Needs the venv that ``benches/pyperformance.sh`` made (``--venv`` to name another). Each round runs
+one pyperf worker per configuration (``--loops L --values 3 --warmups 1``), in an order that
+alternates from round to round (forwards, then backwards), and keeps the fastest of the worker's
+three values (the others ran in the same process, so they share its layout); then prints each
+configuration's median over the rounds, its quartiles, and its ratio to the first
+configuration's median. Configurations: pymalloc, malloc (glibc), rustmalloc, and
+rustmalloc-nopurge (automatic purging held off by a purge delay of 1000 s). A benchmark
+with several pyperf tasks (xml_etree) takes ``--task``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from pyperformance_callgrind import benchmark_scripts  # noqa: E402
+
+CONFIGS = {
+    "pymalloc": {},
+    "malloc": {"PYTHONMALLOC": "malloc"},
+    "rustmalloc": {"RUSTMALLOC": "1"},
+    "rustmalloc-nopurge": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": "1000000"},
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("benchmark")
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--loops", type=int, default=1, help="loops per value (pyperf's --loops)")
+    ap.add_argument("--task", type=int, default=0, help="pyperf task of a script with several (xml_etree has four)")
+    ap.add_argument("--configs", default="pymalloc,rustmalloc")
+    ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
+    a = ap.parse_args()
+    configs = a.configs.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            raise SystemExit(f"--configs: unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
+    venvs = [a.venv] if a.venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
+    if len(venvs) != 1:
+        raise SystemExit("run benches/pyperformance.sh once first (it makes the venv), or pass --venv")
+    python = os.path.join(venvs[0], "bin", "python")
+    import pyperformance  # the benchmarks' sources ship with it
+
+    scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
+    if a.benchmark not in scripts:
+        raise SystemExit(f"unknown benchmark {a.benchmark!r}")
+    script, extra = scripts[a.benchmark]
+    base = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
+    best = {c: [] for c in configs}
+    for r in range(a.rounds):
+        for c in configs if r % 2 == 0 else configs[::-1]:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "r.json")
+                cmd = [python, script, *extra, "--worker", "--worker-task", str(a.task), "--loops", str(a.loops),
+                       "--values", "3", "--warmups", "1", "-o", out]
+                p = subprocess.run(cmd, env=dict(base, **CONFIGS[c]), capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise SystemExit(f"{c}: exit {p.returncode}\n{p.stderr[-2000:]}")
+                with open(out) as f:
+                    data = json.load(f)
+            bench = data["benchmarks"][0] if "benchmarks" in data else data
+            best[c].append(min(v for run in bench["runs"] for v in run.get("values", [])))
+    ref = statistics.median(best[configs[0]])
+    for c in configs:
+        v = best[c]
+        q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else (v[0],) * 3
+        print(f"{a.benchmark:22} {c:19} median {statistics.median(v) * 1e3:9.3f} ms  "
+              f"quartiles {q1 * 1e3:9.3f} {q3 * 1e3:9.3f}  ratio {statistics.median(v) / ref:.3f}  (n={len(v)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
