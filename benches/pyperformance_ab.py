@@ -17,7 +17,6 @@ with several pyperf tasks (xml_etree) takes ``--task``.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -27,7 +26,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from pyperformance_callgrind import benchmark_scripts  # noqa: E402
+from pyperformance_callgrind import pyperformance_setup  # noqa: E402
 
 CONFIGS = {
     "pymalloc": {},
@@ -50,17 +49,10 @@ def main() -> int:
     for c in configs:
         if c not in CONFIGS:
             raise SystemExit(f"--configs: unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
-    venvs = [a.venv] if a.venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
-    if len(venvs) != 1:
-        raise SystemExit("run benches/pyperformance.sh once first (it makes the venv), or pass --venv")
-    python = os.path.join(venvs[0], "bin", "python")
-    import pyperformance  # the benchmarks' sources ship with it
-
-    scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
+    python, scripts, base = pyperformance_setup(a.venv)
     if a.benchmark not in scripts:
         raise SystemExit(f"unknown benchmark {a.benchmark!r}")
     script, extra = scripts[a.benchmark]
-    base = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
     best = {c: [] for c in configs}
     for r in range(a.rounds):
         for c in configs if r % 2 == 0 else configs[::-1]:

@@ -60,7 +60,6 @@ CONFIGS = {
     "malloc": {"PYTHONMALLOC": "malloc"},
     "rustmalloc": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": str(CALLGRIND_PURGE_DELAY_MS)},
 }
-TOTAL = re.compile(r"^summary:\s*(\d+)", re.M)
 SUMMARY = re.compile(r"^summary:\s*(.*)$", re.M)
 EVENTS = re.compile(r"^events:\s*(.*)$", re.M)
 # cachesim.json keys: instructions, and data reads and writes that miss L1d and the last level.
@@ -77,6 +76,20 @@ def benchmark_scripts(bench_root: str) -> Dict[str, Tuple[str, List[str]]]:
         if name and (name not in out or os.path.basename(toml) != "pyproject.toml"):
             out[name] = (os.path.join(os.path.dirname(toml), "run_benchmark.py"), list(meta.get("extra_opts", [])))
     return out
+
+
+def pyperformance_setup(venv: str | None) -> Tuple[str, Dict[str, Tuple[str, List[str]]], dict]:
+    """The interpreter of pyperformance's venv (``venv``, or the one ``benches/pyperformance.sh``
+    made), the benchmarks' scripts (``benchmark_scripts``), and the environment without any
+    allocator setting, for the configurations to add theirs."""
+    venvs = [venv] if venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
+    if len(venvs) != 1:
+        raise SystemExit("run benches/pyperformance.sh once first (it makes the venv), or pass --venv")
+    import pyperformance  # the benchmarks' sources ship with it
+
+    scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
+    return os.path.join(venvs[0], "bin", "python"), scripts, env
 
 
 def worker_cmd(python: str, script: str, extra: List[str], loops: int, task: int, out: str) -> List[str]:
@@ -102,18 +115,25 @@ def tasks_of(python: str, script: str, extra: List[str], env: dict) -> List[Tupl
     return found
 
 
-def callgrind_total(cmd: List[str], env: dict) -> int:
+def valgrind_summary(tool: str, options: List[str], cmd: List[str], env: dict) -> Dict[str, int]:
+    """Run ``cmd`` under valgrind's ``tool`` (callgrind, cachegrind) with ``options``; the summary
+    line of its output file, event name -> count."""
     with tempfile.TemporaryDirectory() as tmp:
-        cg = os.path.join(tmp, "cg.out")
-        p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", *cmd], env=env,
+        out = os.path.join(tmp, "vg.out")
+        p = subprocess.run(["valgrind", f"--tool={tool}", *options, f"--{tool}-out-file={out}", *cmd], env=env,
                            capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-1500:]}")
-        with open(cg, errors="replace") as f:
-            m = TOTAL.search(f.read())
-    if not m:
-        raise RuntimeError("no summary line in the callgrind output")
-    return int(m.group(1))
+        with open(out, errors="replace") as f:
+            text = f.read()
+    ev, summary = EVENTS.search(text), SUMMARY.search(text)
+    if not ev or not summary:
+        raise RuntimeError(f"no events or summary line in the {tool} output")
+    return dict(zip(ev.group(1).split(), map(int, summary.group(1).split())))
+
+
+def callgrind_total(cmd: List[str], env: dict) -> int:
+    return valgrind_summary("callgrind", [], cmd, env)["Ir"]
 
 
 def l2_geometry(given: str) -> str:
@@ -140,18 +160,7 @@ def l2_geometry(given: str) -> str:
 def cachegrind_misses(cmd: List[str], env: dict, l2: str) -> Dict[str, int]:
     """Instructions and data-cache misses of a whole run under cachegrind, L1d and (as its last
     level) ``l2``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
-        p = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--LL={l2}",
-                            f"--cachegrind-out-file={out}", *cmd], env=env, capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-1500:]}")
-        with open(out, errors="replace") as f:
-            text = f.read()
-    ev, summary = EVENTS.search(text), SUMMARY.search(text)
-    if not ev or not summary:
-        raise RuntimeError("no events or summary line in the cachegrind output")
-    counts = dict(zip(ev.group(1).split(), map(int, summary.group(1).split())))
+    counts = valgrind_summary("cachegrind", ["--cache-sim=yes", f"--LL={l2}"], cmd, env)
     return {key: sum(counts[e] for e in events) for key, events in CACHE_KEYS.items()}
 
 
@@ -202,14 +211,7 @@ def main() -> int:
             raise SystemExit(f"--configs: unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    venvs = [a.venv] if a.venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
-    if len(venvs) != 1:
-        raise SystemExit("run benches/pyperformance.sh once first (it makes the venv), or pass --venv")
-    python = os.path.join(venvs[0], "bin", "python")
-    import pyperformance  # the benchmarks' sources ship with it
-
-    scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
-    base_env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
+    python, scripts, base_env = pyperformance_setup(a.venv)
     base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
     l2 = l2_geometry(a.l2) if a.cache_sim else ""
