@@ -15,8 +15,10 @@
 # Rounds interleave the configurations, each round in an order rotated by one (pymalloc, malloc,
 # rustmalloc; then malloc, rustmalloc, pymalloc; ...; use a multiple of 3 rounds); each
 # configuration's runs are appended to one pyperf file, so compare_to's significance test sees
-# every round. Output: <out>/{pymalloc,malloc,rustmalloc}.json and <out>/compare.md (the three side
-# by side with their geometric mean, then rustmalloc against pymalloc grouped by significance).
+# every round. Output: <out>/{pymalloc,malloc,rustmalloc}.json, <out>/compare.md (the three side
+# by side with their geometric mean, then rustmalloc against pymalloc grouped by significance) and
+# <out>/rounds.md (the same split into rounds, with each configuration's place in each round's
+# order: benches/pyperformance_rounds.py).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
         --benchmarks) benchmarks=$2; shift 2 ;;
         --python) python=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -101,3 +103,6 @@ echo "== pyperf compare_to"
     "$tool_python" -m pyperf compare_to "$out/pymalloc.json" "$out/rustmalloc.json" -G
     echo '```'
 } | tee "$out/compare.md"
+
+echo "== round by round"
+"$tool_python" "$here/pyperformance_rounds.py" "$out"

@@ -146,3 +146,40 @@ def test_cache_sim_table_gives_misses_per_thousand_instructions():
     assert "| bench_a | 0.750 | 25.000 | 30.000 | 10.000 | 1.250 | 0.000 | 2.000 |" in table
     assert "partial" not in table
     assert "| **geometric mean** | 0.750 |" in table
+
+
+def _pyperf_file(path, rounds):
+    """A pyperf JSON file as ``pyperformance run --append`` leaves it: per round, a calibration
+    run without values, then runs of two values each. ``rounds``: (minute, values) per round."""
+    runs = []
+    for minute, values in rounds:
+        runs.append({"metadata": {"date": f"2026-11-22 10:{minute:02d}:00.0"}, "warmups": [[1, 0.1]]})
+        for i in range(0, len(values), 2):
+            runs.append({"metadata": {"date": f"2026-11-22 10:{minute:02d}:{i + 1:02d}.0"}, "values": values[i:i + 2]})
+    data = {"benchmarks": [{"metadata": {"name": "bench_a"}, "runs": runs}], "metadata": {}, "version": "1.0"}
+    path.write_text(json.dumps(data))
+
+
+def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
+    """benches/pyperformance_rounds.py: each round's median ratio, with rustmalloc's place in
+    that round's order taken from the start times (the rotation of pyperformance.sh)."""
+    script = os.path.join(ROOT, "benches", "pyperformance_rounds.py")
+    if not os.path.exists(script):
+        pytest.skip("benches/ is not here (not a source checkout)")
+    # Round 1: pymalloc, malloc, rustmalloc; round 2: malloc, rustmalloc, pymalloc; round 3:
+    # rustmalloc, pymalloc, malloc. rustmalloc is 1.2x when 3rd, 1.0x when 2nd, 0.9x when 1st.
+    _pyperf_file(tmp_path / "pymalloc.json", [(0, [1.0, 1.0, 3.0, 0.5]), (12, [2.0] * 4), (21, [2.0] * 4)])
+    _pyperf_file(tmp_path / "malloc.json", [(1, [1.5] * 4), (10, [3.0] * 4), (22, [3.0] * 4)])
+    _pyperf_file(tmp_path / "rustmalloc.json", [(2, [1.2, 1.2, 0.1, 9.0]), (11, [2.0] * 4), (20, [1.8] * 4)])
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "rounds.md").read_text()
+    assert md == proc.stdout
+    # Medians per round (not means: round 1's outliers must not move them).
+    row = "| bench_a | 1.200 (3rd) | 1.000 (2nd) | 0.900 (1st) | 1.026 | 1/3 | 0.900 | 1.000 | 1.200 |"
+    assert row in md, md
+    assert "| bench_a | 1.500 (2nd) | 1.500 (1st) | 1.500 (3rd) | 1.500 | 3/3 | 1.500 | 1.500 | 1.500 |" in md, md
+    # A file with another number of rounds is not matched against the others.
+    _pyperf_file(tmp_path / "malloc.json", [(1, [1.5] * 4)])
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "same number of rounds" in proc.stderr

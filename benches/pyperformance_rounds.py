@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Round by round: what ``benches/pyperformance.sh`` measured, split into its rounds.
+
+    python benches/pyperformance_rounds.py DIR [--config rustmalloc] [--base pymalloc]
+
+``pyperf compare_to`` pools every round of a configuration into one sample. This splits the
+sample again: each round of ``pyperformance run --append`` starts with a calibration run (a run
+with no values), so a benchmark's runs split into rounds there. For each round it takes the
+median of each configuration's values and gives ``--config``'s median over ``--base``'s, with
+``--config``'s place in that round's order (from the runs' start times: 1st, 2nd or 3rd).
+
+Why: on this shared machine, what the run before leaves behind (a warm or cold page cache,
+a neighbour's burst) may fall on whichever configuration follows it. With the order rotated
+each round (a multiple of 3 rounds), every configuration takes every place equally often; the
+table's last columns give the geometric mean of the ratio by place, so an effect of the order
+shows as a spread between them, and the last row gives it over all benchmarks. Writes
+``DIR/rounds.md`` and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from typing import Dict, List, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from report import geomean  # noqa: E402
+
+PLACES = ("1st", "2nd", "3rd", "4th", "5th")
+
+
+def rounds_of(path: str) -> Dict[str, List[Tuple[str, List[float]]]]:
+    """Each benchmark's rounds in the pyperf file at ``path``: (start time, values) per round.
+    A round is a calibration run (no values) and the runs up to the next one."""
+    with open(path) as f:
+        data = json.load(f)
+    out: Dict[str, List[Tuple[str, List[float]]]] = {}
+    for bench in data["benchmarks"]:
+        name = bench["metadata"].get("name") or data["metadata"]["name"]
+        rounds: List[Tuple[str, List[float]]] = []
+        for run in bench["runs"]:
+            values = run.get("values", [])
+            if not values or not rounds:
+                rounds.append((run["metadata"]["date"], []))
+            rounds[-1][1].extend(values)
+        out[name] = [r for r in rounds if r[1]]
+    return out
+
+
+def ratios(runs: Dict[str, Dict[str, List[Tuple[str, List[float]]]]], config: str, base: str):
+    """Per benchmark: [(ratio of medians, config's place)] per round, the rounds matched in
+    order. Benchmarks whose round counts differ between the files are skipped (and named)."""
+    table: Dict[str, List[Tuple[float, int]]] = {}
+    skipped = []
+    for name in sorted(runs[base]):
+        per = {c: runs[c].get(name, []) for c in runs}
+        counts = {len(v) for v in per.values()}
+        if len(counts) != 1 or 0 in counts:
+            skipped.append(name)
+            continue
+        rows = []
+        for r in range(counts.pop()):
+            order = sorted(per, key=lambda c: per[c][r][0])
+            ratio = statistics.median(per[config][r][1]) / statistics.median(per[base][r][1])
+            rows.append((ratio, order.index(config)))
+        table[name] = rows
+    return table, skipped
+
+
+def markdown(table: Dict[str, List[Tuple[float, int]]], config: str, base: str, nconfigs: int) -> List[str]:
+    nrounds = max(len(v) for v in table.values())
+    places = PLACES[:nconfigs]
+    head = ["benchmark"] + [f"round {r + 1}" for r in range(nrounds)]
+    head += ["geomean", "slower in"] + [f"when {p}" for p in places]
+    lines = [f"`{config}` median / `{base}` median, round by round (in brackets: `{config}`'s place in the round's order)", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_place_all: Dict[int, List[float]] = {k: [] for k in range(nconfigs)}
+    means = []
+    for name, rows in table.items():
+        cells = [f"{x:.3f} ({PLACES[k]})" for x, k in rows] + [""] * (nrounds - len(rows))
+        mean = geomean([x for x, _ in rows])
+        means.append(mean)
+        slower = sum(1 for x, _ in rows if x > 1)
+        by_place = []
+        for k in range(nconfigs):
+            xs = [x for x, p in rows if p == k]
+            by_place_all[k].extend(xs)
+            by_place.append(f"{geomean(xs):.3f}" if xs else "–")
+        lines.append("| " + " | ".join([name] + cells + [f"{mean:.3f}", f"{slower}/{len(rows)}"] + by_place) + " |")
+    tail = ["**geometric mean**"] + [""] * nrounds + [f"{geomean(means):.3f}", ""]
+    tail += [f"{geomean(by_place_all[k]):.3f}" if by_place_all[k] else "–" for k in range(nconfigs)]
+    lines.append("| " + " | ".join(tail) + " |")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir", help="the --out folder of benches/pyperformance.sh")
+    ap.add_argument("--config", default="rustmalloc")
+    ap.add_argument("--base", default="pymalloc")
+    a = ap.parse_args()
+    runs = {}
+    for c in ("pymalloc", "malloc", "rustmalloc"):
+        path = os.path.join(a.dir, f"{c}.json")
+        if os.path.exists(path):
+            runs[c] = rounds_of(path)
+    for c in (a.config, a.base):
+        if c not in runs:
+            raise SystemExit(f"{os.path.join(a.dir, c + '.json')} is missing: give the --out folder of benches/pyperformance.sh")
+    table, skipped = ratios(runs, a.config, a.base)
+    if not table:
+        raise SystemExit("no benchmark has the same number of rounds in every file")
+    lines = [f"# pyperformance round by round ({', '.join(runs)})", ""]
+    lines += markdown(table, a.config, a.base, len(runs))
+    if a.config != "malloc" and "malloc" in runs:
+        lines += [""] + markdown(ratios(runs, "malloc", a.base)[0], "malloc", a.base, len(runs))
+    if skipped:
+        lines += ["", "Not matched (round counts differ between the files): " + ", ".join(skipped)]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(a.dir, "rounds.md"), "w") as f:
+        f.write(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
