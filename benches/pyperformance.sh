@@ -18,7 +18,7 @@
 # every round. Output: <out>/{pymalloc,malloc,rustmalloc}.json, <out>/compare.md (the three side
 # by side with their geometric mean, then rustmalloc against pymalloc grouped by significance) and
 # <out>/rounds.md (the same split into rounds, with each configuration's place in each round's
-# order: benches/pyperformance_rounds.py).
+# order, and how busy the machine was in each turn: benches/pyperformance_rounds.py).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -73,7 +73,14 @@ if ! RUSTMALLOC=1 "$venv/bin/python" -c 'import sys, rustmalloc; sys.exit(rustma
     exit 1
 fi
 
-rm -f "$out"/pymalloc.json "$out"/malloc.json "$out"/rustmalloc.json
+rm -f "$out"/pymalloc.json "$out"/malloc.json "$out"/rustmalloc.json "$out"/cpu.log
+# The machine's CPU counters (/proc/stat) before and after each configuration's turn: what else
+# ran (busy beyond our one worker) and what the hypervisor took (steal), per turn, in rounds.md.
+cpu_mark() {
+    if [ -r /proc/stat ]; then
+        echo "$round $config $1 $(date +%s) $(head -1 /proc/stat)" >> "$out/cpu.log"
+    fi
+}
 configs=(pymalloc malloc rustmalloc)
 for round in $(seq 1 "$rounds"); do
     # Each round starts one configuration later, so that each takes every place in the order
@@ -88,8 +95,10 @@ for round in $(seq 1 "$rounds"); do
             malloc) vars=(PYTHONMALLOC=malloc) ; inherit=(--inherit-environ PYTHONMALLOC) ;;
             rustmalloc) vars=(RUSTMALLOC=1) ; inherit=(--inherit-environ RUSTMALLOC) ;;
         esac
+        cpu_mark start
         pyperformance env "${vars[@]}" "$tool_python" -m pyperformance run -p "$python" -b "$benchmarks" \
             "${inherit[@]}" "${fast[@]}" --append "$out/$config.json"
+        cpu_mark end
     done
 done
 

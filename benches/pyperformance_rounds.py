@@ -13,8 +13,9 @@ Why: on this shared machine, what the run before leaves behind (a warm or cold p
 a neighbour's burst) may fall on whichever configuration follows it. With the order rotated
 each round (a multiple of 3 rounds), every configuration takes every place equally often; the
 table's last columns give the geometric mean of the ratio by place, so an effect of the order
-shows as a spread between them, and the last row gives it over all benchmarks. Writes
-``DIR/rounds.md`` and prints it.
+shows as a spread between them, and the last row gives it over all benchmarks. If ``DIR/cpu.log``
+is there (``pyperformance.sh`` writes it), a last table gives how busy the machine was in each
+configuration's turn. Writes ``DIR/rounds.md`` and prints it.
 """
 
 from __future__ import annotations
@@ -97,6 +98,41 @@ def markdown(table: Dict[str, List[Tuple[float, int]]], config: str, base: str, 
     return lines
 
 
+def cpu_table(path: str) -> List[str]:
+    """How busy the machine was in each configuration's turn, from the /proc/stat lines that
+    ``pyperformance.sh`` writes to ``cpu.log`` before and after each turn ("ROUND CONFIG
+    start|end EPOCH cpu USER NICE SYSTEM IDLE IOWAIT IRQ SOFTIRQ STEAL ..."). Busy: the share of
+    all CPUs' time spent running anything (one worker on 2 CPUs is 50%); steal: the share the
+    hypervisor gave to other guests."""
+    marks: Dict[Tuple[int, str], Dict[str, Tuple[int, List[int]]]] = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 13 or fields[4] != "cpu":
+                continue
+            counters = [int(x) for x in fields[5:13]]
+            marks.setdefault((int(fields[0]), fields[1]), {})[fields[2]] = (int(fields[3]), counters)
+    configs = sorted({c for _, c in marks}, key=("pymalloc", "malloc", "rustmalloc").index)
+    rounds = sorted({r for r, _ in marks})
+    lines = ["How busy the machine was in each turn (busy: share of all CPUs' time running anything, one",
+             "worker on 2 CPUs being 50%; steal: share taken by the hypervisor; minutes)", ""]
+    lines += ["| round | " + " | ".join(configs) + " |", "|" + "---|" * (len(configs) + 1)]
+    for r in rounds:
+        cells = []
+        for c in configs:
+            m = marks.get((r, c), {})
+            if "start" not in m or "end" not in m:
+                cells.append("–")
+                continue
+            (t0, a), (t1, b) = m["start"], m["end"]
+            d = [y - x for x, y in zip(a, b)]
+            total = sum(d) or 1
+            busy = total - d[3] - d[4] - d[7]
+            cells.append(f"busy {100 * busy / total:.0f}%, steal {100 * d[7] / total:.1f}%, {(t1 - t0) / 60:.1f} min")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", help="the --out folder of benches/pyperformance.sh")
@@ -118,6 +154,9 @@ def main() -> int:
     lines += markdown(table, a.config, a.base, len(runs))
     if a.config != "malloc" and "malloc" in runs:
         lines += [""] + markdown(ratios(runs, "malloc", a.base)[0], "malloc", a.base, len(runs))
+    cpu_log = os.path.join(a.dir, "cpu.log")
+    if os.path.exists(cpu_log):
+        lines += [""] + cpu_table(cpu_log)
     if skipped:
         lines += ["", "Not matched (round counts differ between the files): " + ", ".join(skipped)]
     text = "\n".join(lines) + "\n"

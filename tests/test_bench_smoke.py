@@ -179,6 +179,16 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
     row = "| bench_a | 1.200 (3rd) | 1.000 (2nd) | 0.900 (1st) | 1.026 | 1/3 | 0.900 | 1.000 | 1.200 |"
     assert row in md, md
     assert "| bench_a | 1.500 (2nd) | 1.500 (1st) | 1.500 (3rd) | 1.500 | 3/3 | 1.500 | 1.500 | 1.500 |" in md, md
+    # cpu.log (pyperformance.sh's /proc/stat marks around each turn) gives a table of each
+    # turn's busy and steal shares: 100 of 200 ticks busy, 20 stolen, over 120 seconds.
+    (tmp_path / "cpu.log").write_text(
+        "1 pymalloc start 1000 cpu 100 0 0 100 0 0 0 0 0 0\n"
+        "1 pymalloc end 1120 cpu 190 0 10 180 0 0 0 20 0 0\n"
+        "1 rustmalloc start 1120 cpu 190 0 10 180 0 0 0 20 0 0\n")
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "| round | pymalloc | rustmalloc |" in proc.stdout, proc.stdout
+    assert "| 1 | busy 50%, steal 10.0%, 2.0 min | – |" in proc.stdout, proc.stdout
     # A file with another number of rounds is not matched against the others.
     _pyperf_file(tmp_path / "malloc.json", [(1, [1.5] * 4)])
     proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
