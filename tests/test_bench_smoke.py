@@ -176,9 +176,10 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
     md = (tmp_path / "rounds.md").read_text()
     assert md == proc.stdout
     # Medians per round (not means: round 1's outliers must not move them).
-    row = "| bench_a | 1.200 (3rd) | 1.000 (2nd) | 0.900 (1st) | 1.026 | 1/3 | 0.900 | 1.000 | 1.200 |"
+    row = "| bench_a | 1.200 (3rd) | 1.000 (2nd) | 0.900 (1st) | 1.026 | 1/3 | 1.000 | 0.900 | 1.000 | 1.200 |"
     assert row in md, md
-    assert "| bench_a | 1.500 (2nd) | 1.500 (1st) | 1.500 (3rd) | 1.500 | 3/3 | 1.500 | 1.500 | 1.500 |" in md, md
+    # Slower in all 3 rounds, yet p = 2/8: three rounds cannot show a difference.
+    assert "| bench_a | 1.500 (2nd) | 1.500 (1st) | 1.500 (3rd) | 1.500 | 3/3 | 0.250 | 1.500 | 1.500 | 1.500 |" in md, md
     # cpu.log (pyperformance.sh's /proc/stat marks around each turn) gives a table of each
     # turn's busy and steal shares: 100 of 200 ticks busy, 20 stolen, over 120 seconds.
     (tmp_path / "cpu.log").write_text(
@@ -193,3 +194,25 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
     _pyperf_file(tmp_path / "malloc.json", [(1, [1.5] * 4)])
     proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "same number of rounds" in proc.stderr
+
+
+def test_pyperformance_rounds_sign_flip_test():
+    """The paired test over rounds: exact over all sign choices up to 14 rounds."""
+    path = os.path.join(ROOT, "benches", "pyperformance_rounds.py")
+    if not os.path.exists(path):
+        pytest.skip("benches/ is not here (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("pyperformance_rounds", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.sign_flip_p([1.1] * 6) == 2 / 64  # all six the same way: only they and their mirror
+    assert mod.sign_flip_p([0.9] * 6) == 2 / 64
+    assert mod.sign_flip_p([1.1, 1 / 1.1] * 3) == 1.0  # no net difference
+    # One disturbed round outweighing five small differences the other way: every choice of
+    # signs gives a sum at least as far from 0, so it is no evidence at all.
+    assert mod.sign_flip_p([1.5, 0.99, 0.99, 0.99, 0.99, 0.99]) == 1.0
+    # Five rounds 1.05x slower and one 1.05x faster: log sum 4 units. As far from 0: the five
+    # at +1 with the sixth at either sign (6 or 4 units; 2 ways), four of the five at +1 and
+    # the sixth at +1 (4 units; 5 ways), and the mirrors of these: 14 of 64.
+    assert mod.sign_flip_p([1.05] * 5 + [1 / 1.05]) == 14 / 64
+    p = mod.sign_flip_p([1.1] * 16)  # sampled: about 2 / 65536
+    assert p < 0.001
