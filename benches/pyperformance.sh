@@ -12,8 +12,9 @@
 # HOME, PYTHONPATH and the variables named by --inherit-environ; so this script installs the
 # project into that venv and passes RUSTMALLOC (or PYTHONMALLOC) through --inherit-environ.
 #
-# Rounds interleave the configurations, each round in an order rotated by one (pymalloc, malloc,
-# rustmalloc; then malloc, rustmalloc, pymalloc; ...; use a multiple of 3 rounds); each
+# Rounds interleave the configurations, round r in the r-th of the six orders of the three
+# (pymalloc, malloc, rustmalloc; malloc, rustmalloc, pymalloc; rustmalloc, pymalloc, malloc; and
+# the three reversed: use a multiple of 6 rounds); each
 # configuration's runs are appended to one pyperf file, so compare_to's significance test sees
 # every round. Output: <out>/{pymalloc,malloc,rustmalloc}.json, <out>/compare.md (the three side
 # by side with their geometric mean, then rustmalloc against pymalloc grouped by significance) and
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
         --benchmarks) benchmarks=$2; shift 2 ;;
         --python) python=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -73,7 +74,7 @@ if ! RUSTMALLOC=1 "$venv/bin/python" -c 'import sys, rustmalloc; sys.exit(rustma
     exit 1
 fi
 
-rm -f "$out"/pymalloc.json "$out"/malloc.json "$out"/rustmalloc.json "$out"/cpu.log
+rm -f "$out"/pymalloc.json "$out"/malloc.json "$out"/rustmalloc.json "$out"/cpu.log "$out"/rounds.md
 # The machine's CPU counters (/proc/stat) before and after each configuration's turn: what else
 # ran (busy beyond our one worker) and what the hypervisor took (steal), per turn, in rounds.md.
 cpu_mark() {
@@ -81,14 +82,16 @@ cpu_mark() {
         echo "$round $config $1 $(date +%s) $(head -1 /proc/stat)" >> "$out/cpu.log"
     fi
 }
-configs=(pymalloc malloc rustmalloc)
+# A Williams design for three: over six rounds each configuration takes each place twice and
+# follows each other configuration twice.
+orders=("pymalloc malloc rustmalloc" "malloc rustmalloc pymalloc" "rustmalloc pymalloc malloc"
+        "rustmalloc malloc pymalloc" "malloc pymalloc rustmalloc" "pymalloc rustmalloc malloc")
 for round in $(seq 1 "$rounds"); do
-    # Each round starts one configuration later, so that each takes every place in the order
-    # (exactly, when --rounds is a multiple of 3): in a fixed order, rustmalloc always ran right
-    # after glibc and pymalloc always first, and anything tied to the place (what the machine is
-    # left doing by the run before) fell on one configuration in every round.
-    for k in 0 1 2; do
-        config=${configs[$(( (round - 1 + k) % 3 ))]}
+    # In a fixed order rustmalloc always ran right after glibc and pymalloc always first, and
+    # anything tied to the place (what the machine is left doing by the run before) fell on one
+    # configuration in every round. Rotating alone balances the places, not who runs after whom.
+    read -r -a order <<< "${orders[$(( (round - 1) % 6 ))]}"
+    for config in "${order[@]}"; do
         echo "== round $round/$rounds: $config"
         case $config in
             pymalloc) vars=() ; inherit=() ;;
@@ -114,4 +117,4 @@ echo "== pyperf compare_to"
 } | tee "$out/compare.md"
 
 echo "== round by round"
-"$tool_python" "$here/pyperformance_rounds.py" "$out"
+"$tool_python" "$here/pyperformance_rounds.py" "$out" || echo "pyperformance_rounds.py failed (the pyperf files are written)" >&2

@@ -12,10 +12,17 @@ a paired test over the rounds (``sign_flip_p``), which takes the round, not the 
 the unit that noise hits.
 
 Why: on this shared machine, what the run before leaves behind (a warm or cold page cache,
-a neighbour's burst) may fall on whichever configuration follows it. With the order rotated
-each round (a multiple of 3 rounds), every configuration takes every place equally often; the
-table's last columns give the geometric mean of the ratio by place, so an effect of the order
-shows as a spread between them, and the last row gives it over all benchmarks. If ``DIR/cpu.log``
+a neighbour's burst) may fall on whichever configuration follows it. ``pyperformance.sh`` runs
+the six orders of the three configurations over six rounds (a multiple of 6 rounds balances
+both the places and which configuration follows which); the table's last columns give the
+geometric mean of the ratio by place, so an effect of the order shows as a spread between them
+(noise does too: with 6 rounds each place rests on two), and the last row gives it over all
+benchmarks.
+
+The test's power: with n rounds the smallest p is 2/2^n, so 5 rounds can never reach 0.05 and
+6 reach it only when all six rounds go the same way; and with 20 benchmarks about one in 20
+comes out "significant" at 0.05 by chance. 10 or more rounds are needed for a verdict that
+survives the number of benchmarks. If ``DIR/cpu.log``
 is there (``pyperformance.sh`` writes it), a last table gives how busy the machine was in each
 configuration's turn. Writes ``DIR/rounds.md`` and prints it.
 """
@@ -50,7 +57,9 @@ def rounds_of(path: str) -> Dict[str, List[Tuple[str, List[float]]]]:
         for run in bench["runs"]:
             values = run.get("values", [])
             if not values or not rounds:
-                rounds.append((run["metadata"]["date"], []))
+                # pyperf moves metadata all runs share (a single run's) up to the benchmark.
+                date = run.get("metadata", {}).get("date") or bench["metadata"].get("date", "")
+                rounds.append((date, []))
             rounds[-1][1].extend(values)
         out[name] = [r for r in rounds if r[1]]
     return out
@@ -58,17 +67,19 @@ def rounds_of(path: str) -> Dict[str, List[Tuple[str, List[float]]]]:
 
 def ratios(runs: Dict[str, Dict[str, List[Tuple[str, List[float]]]]], config: str, base: str):
     """Per benchmark: [(ratio of medians, config's place)] per round, the rounds matched in
-    order. Benchmarks whose round counts differ between the files are skipped (and named)."""
+    order. Benchmarks whose round counts differ between ``config`` and ``base`` are skipped
+    (and named); the place is among the configurations with as many rounds (a third file
+    missing the benchmark or with another count does not drop it)."""
     table: Dict[str, List[Tuple[float, int]]] = {}
     skipped = []
     for name in sorted(runs[base]):
-        per = {c: runs[c].get(name, []) for c in runs}
-        counts = {len(v) for v in per.values()}
-        if len(counts) != 1 or 0 in counts:
+        n = len(runs[base][name])
+        if n == 0 or len(runs[config].get(name, [])) != n:
             skipped.append(name)
             continue
+        per = {c: runs[c][name] for c in runs if len(runs[c].get(name, [])) == n}
         rows = []
-        for r in range(counts.pop()):
+        for r in range(n):
             order = sorted(per, key=lambda c: per[c][r][0])
             ratio = statistics.median(per[config][r][1]) / statistics.median(per[base][r][1])
             rows.append((ratio, order.index(config)))
@@ -85,13 +96,15 @@ def sign_flip_p(ratios: List[float]) -> float:
     logs = [math.log(x) for x in ratios]
     observed = abs(sum(logs)) - 1e-12
     n = len(logs)
+    def extreme(m: int) -> bool:
+        return abs(sum(-x if m >> i & 1 else x for i, x in enumerate(logs))) >= observed
+
     if n <= 14:
-        masks = range(1 << n)
-    else:
-        rng = random.Random(12345)
-        masks = [rng.getrandbits(n) for _ in range(20000)]
-    hits = sum(1 for m in masks if abs(sum(-x if m >> i & 1 else x for i, x in enumerate(logs))) >= observed)
-    return hits / len(masks)
+        return sum(1 for m in range(1 << n) if extreme(m)) / (1 << n)
+    # Sampled: the observed signs count as one sample, so p is never 0 (Phipson & Smyth).
+    rng = random.Random(12345)
+    hits = sum(1 for _ in range(20000) if extreme(rng.getrandbits(n)))
+    return (hits + 1) / (20000 + 1)
 
 
 def markdown(table: Dict[str, List[Tuple[float, int]]], config: str, base: str, nconfigs: int) -> List[str]:
@@ -143,7 +156,8 @@ def cpu_table(path: str) -> List[str]:
                 continue
             counters = [int(x) for x in fields[5:13]]
             marks.setdefault((int(fields[0]), fields[1]), {})[fields[2]] = (int(fields[3]), counters)
-    configs = sorted({c for _, c in marks}, key=("pymalloc", "malloc", "rustmalloc").index)
+    known = ("pymalloc", "malloc", "rustmalloc")
+    configs = sorted({c for _, c in marks}, key=lambda c: (known.index(c) if c in known else len(known), c))
     rounds = sorted({r for r, _ in marks})
     lines = ["How busy the machine was in each turn (busy: share of all CPUs' time running anything, one",
              "worker on 2 CPUs being 50%; steal: share taken by the hypervisor; minutes)", ""]
@@ -180,16 +194,19 @@ def main() -> int:
             raise SystemExit(f"{os.path.join(a.dir, c + '.json')} is missing: give the --out folder of benches/pyperformance.sh")
     table, skipped = ratios(runs, a.config, a.base)
     if not table:
-        raise SystemExit("no benchmark has the same number of rounds in every file")
+        raise SystemExit(f"no benchmark has the same number of rounds in {a.config}.json and {a.base}.json")
     lines = [f"# pyperformance round by round ({', '.join(runs)})", ""]
     lines += markdown(table, a.config, a.base, len(runs))
-    if a.config != "malloc" and "malloc" in runs:
-        lines += [""] + markdown(ratios(runs, "malloc", a.base)[0], "malloc", a.base, len(runs))
+    if "malloc" in runs and "malloc" not in (a.config, a.base):
+        glibc = ratios(runs, "malloc", a.base)[0]
+        if glibc:
+            lines += [""] + markdown(glibc, "malloc", a.base, len(runs))
     cpu_log = os.path.join(a.dir, "cpu.log")
     if os.path.exists(cpu_log):
         lines += [""] + cpu_table(cpu_log)
     if skipped:
-        lines += ["", "Not matched (round counts differ between the files): " + ", ".join(skipped)]
+        lines += ["", f"Not matched (missing from {a.config}.json or {a.base}.json, or another number of rounds "
+                  f"there): " + ", ".join(skipped)]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.dir, "rounds.md"), "w") as f:
         f.write(text)
