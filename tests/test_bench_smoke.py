@@ -104,14 +104,20 @@ def test_markdown_and_charts(results):
             assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _pyperformance_tools():
-    path = os.path.join(ROOT, "benches", "pyperformance_callgrind.py")
+def _bench_module(name):
+    """A script of benches/ as a module (pyperformance_callgrind imports benches/configs.py and
+    report.py, not pyperformance; pyperformance_rounds imports report.py)."""
+    path = os.path.join(ROOT, "benches", name + ".py")
     if not os.path.exists(path):
         pytest.skip("benches/ is not here (not a source checkout)")
-    spec = importlib.util.spec_from_file_location("pyperformance_callgrind", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # imports benches/configs.py and report.py, not pyperformance
+    spec.loader.exec_module(mod)
     return mod
+
+
+def _pyperformance_tools():
+    return _bench_module("pyperformance_callgrind")
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
@@ -225,12 +231,7 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
 
 def test_pyperformance_rounds_sign_flip_test():
     """The paired test over rounds: exact over all sign choices up to 14 rounds."""
-    path = os.path.join(ROOT, "benches", "pyperformance_rounds.py")
-    if not os.path.exists(path):
-        pytest.skip("benches/ is not here (not a source checkout)")
-    spec = importlib.util.spec_from_file_location("pyperformance_rounds", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("pyperformance_rounds")
     assert mod.sign_flip_p([1.1] * 6) == 2 / 64  # all six the same way: only they and their mirror
     assert mod.sign_flip_p([0.9] * 6) == 2 / 64
     assert mod.sign_flip_p([1.1, 1 / 1.1] * 3) == 1.0  # no net difference
