@@ -21,10 +21,11 @@ benchmarks.
 
 The test's power: with n rounds the smallest p is 2/2^n, so 5 rounds can never reach 0.05 and
 6 reach it only when all six rounds go the same way; and with 20 benchmarks about one in 20
-comes out "significant" at 0.05 by chance. 10 or more rounds are needed for a verdict that
-survives the number of benchmarks. If ``DIR/cpu.log``
-is there (``pyperformance.sh`` writes it), a last table gives how busy the machine was in each
-configuration's turn. Writes ``DIR/rounds.md`` and prints it.
+comes out "significant" at 0.05 by chance. 10 or more rounds (12, for whole blocks of the six
+orders) are needed for a verdict that survives the number of benchmarks.
+
+If ``DIR/cpu.log`` is there (``pyperformance.sh`` writes it), a last table gives how busy the
+machine was in each configuration's turn. Writes ``DIR/rounds.md`` and prints it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ sys.path.insert(0, HERE)
 from report import geomean  # noqa: E402
 
 PLACES = ("1st", "2nd", "3rd", "4th", "5th")
+# pyperformance.sh's configurations, each in <DIR>/<name>.json, in the tables' order.
+CONFIGS = ("pymalloc", "malloc", "rustmalloc")
 
 
 def rounds_of(path: str) -> Dict[str, List[Tuple[str, List[float]]]]:
@@ -87,15 +90,16 @@ def ratios(runs: Dict[str, Dict[str, List[Tuple[str, List[float]]]]], config: st
     return table, skipped
 
 
-def sign_flip_p(ratios: List[float]) -> float:
+def sign_flip_p(round_ratios: List[float]) -> float:
     """Two-sided p-value of a paired sign-flip (permutation) test that the ratios' geometric
     mean is 1, the round being the unit: under "no difference" each round's log ratio is as
     likely negative as positive, so the observed |sum| is ranked among the 2^n sums with every
     choice of signs (exact up to 14 rounds, else 20,000 random choices). With 3 rounds it can
     never go below 0.25, with 6 below 2/64."""
-    logs = [math.log(x) for x in ratios]
+    logs = [math.log(x) for x in round_ratios]
     observed = abs(sum(logs)) - 1e-12
     n = len(logs)
+
     def extreme(m: int) -> bool:
         return abs(sum(-x if m >> i & 1 else x for i, x in enumerate(logs))) >= observed
 
@@ -156,8 +160,7 @@ def cpu_table(path: str) -> List[str]:
                 continue
             counters = [int(x) for x in fields[5:13]]
             marks.setdefault((int(fields[0]), fields[1]), {})[fields[2]] = (int(fields[3]), counters)
-    known = ("pymalloc", "malloc", "rustmalloc")
-    configs = sorted({c for _, c in marks}, key=lambda c: (known.index(c) if c in known else len(known), c))
+    configs = sorted({c for _, c in marks}, key=lambda c: (CONFIGS.index(c) if c in CONFIGS else len(CONFIGS), c))
     rounds = sorted({r for r, _ in marks})
     lines = ["How busy the machine was in each turn (busy: share of all CPUs' time running anything, one",
              "worker on 2 CPUs being 50%; steal: share taken by the hypervisor; minutes)", ""]
@@ -185,7 +188,7 @@ def main() -> int:
     ap.add_argument("--base", default="pymalloc")
     a = ap.parse_args()
     runs = {}
-    for c in ("pymalloc", "malloc", "rustmalloc"):
+    for c in CONFIGS:
         path = os.path.join(a.dir, f"{c}.json")
         if os.path.exists(path):
             runs[c] = rounds_of(path)

@@ -172,12 +172,16 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
     script = os.path.join(ROOT, "benches", "pyperformance_rounds.py")
     if not os.path.exists(script):
         pytest.skip("benches/ is not here (not a source checkout)")
+
+    def rounds(*args):
+        return subprocess.run([sys.executable, script, str(tmp_path), *args], capture_output=True, text=True, timeout=60)
+
     # Round 1: pymalloc, malloc, rustmalloc; round 2: malloc, rustmalloc, pymalloc; round 3:
     # rustmalloc, pymalloc, malloc. rustmalloc is 1.2x when 3rd, 1.0x when 2nd, 0.9x when 1st.
     _pyperf_file(tmp_path / "pymalloc.json", [(0, [1.0, 1.0, 3.0, 0.5]), (12, [2.0] * 4), (21, [2.0] * 4)])
     _pyperf_file(tmp_path / "malloc.json", [(1, [1.5] * 4), (10, [3.0] * 4), (22, [3.0] * 4)])
     _pyperf_file(tmp_path / "rustmalloc.json", [(2, [1.2, 1.2, 0.1, 9.0]), (11, [2.0] * 4), (20, [1.8] * 4)])
-    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = rounds()
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "rounds.md").read_text()
     assert md == proc.stdout
@@ -194,13 +198,12 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
         "1 pymalloc start 1000 cpu 100 1 2 100 3 4 5 6 7 8\n"
         "1 pymalloc end 1120 cpu 160 11 22 170 18 9 10 21 37 13\n"
         "1 rustmalloc start 1120 cpu 160 11 22 170 18 9 10 21 37 13\n")
-    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = rounds()
     assert proc.returncode == 0, proc.stderr
     assert "| round | pymalloc | rustmalloc |" in proc.stdout, proc.stdout
     assert "| 1 | busy 50%, steal 7.5%, 2.0 min | – |" in proc.stdout, proc.stdout
     # Against glibc: no second malloc/malloc table.
-    proc = subprocess.run([sys.executable, script, str(tmp_path), "--base", "malloc"],
-                          capture_output=True, text=True, timeout=60)
+    proc = rounds("--base", "malloc")
     assert proc.returncode == 0, proc.stderr
     assert "| bench_a | 0.800 (3rd) | 0.667 (2nd) | 0.600 (1st) |" in proc.stdout, proc.stdout
     assert "`malloc` median / `malloc` median" not in proc.stdout, proc.stdout
@@ -208,7 +211,7 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
     # A third file without the benchmark does not drop it from rustmalloc against pymalloc;
     # the places are then among the two.
     _pyperf_file(tmp_path / "malloc.json", [])
-    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = rounds()
     assert proc.returncode == 0, proc.stderr
     assert "| bench_a | 1.200 (2nd) | 1.000 (1st) | 0.900 (1st) |" in proc.stdout, proc.stdout
     # A benchmark with another number of rounds under rustmalloc is left out and named.
@@ -219,13 +222,13 @@ def test_pyperformance_rounds_splits_the_rounds_and_finds_each_place(tmp_path):
     data = json.loads((tmp_path / "pymalloc.json").read_text())
     data["benchmarks"].append(dict(data["benchmarks"][0], metadata={"name": "bench_b"}))
     (tmp_path / "pymalloc.json").write_text(json.dumps(data))
-    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = rounds()
     assert proc.returncode == 0, proc.stderr
     assert "| bench_a |" in proc.stdout and "| bench_b |" not in proc.stdout, proc.stdout
     assert "another number of rounds there): bench_b" in proc.stdout, proc.stdout
     # Nothing matched at all: an error that says so.
     _pyperf_file(tmp_path / "rustmalloc.json", [(2, [1.2] * 4)])
-    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = rounds()
     assert proc.returncode != 0 and "same number of rounds in rustmalloc.json and pymalloc.json" in proc.stderr
 
 
