@@ -30,6 +30,18 @@ whole): per loop, the instructions, and the data reads and writes that miss the 
 and the L2, which is where a layout the allocator chose costs time that instructions do not show.
 It writes ``cachesim.md`` and ``cachesim.json`` (``--resume`` and ``--configs`` work on those).
 Still a model: no TLB, no prefetcher, no other tenant on the cache.
+
+``--tlb-sim`` runs the same cachegrind simulation with its two levels shaped as the data TLBs
+instead of caches: lines of one 4 KiB page, the first level as an L1 DTLB and the last as the
+second-level TLB (``--tlb L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS``, default 64,64,2048,16: 64
+entries fully associative and 2048 entries 16-way, the shape of AMD's Zen 2 and 3; Intel's recent
+cores have 64-96 and 1536-2048). A miss in the first level is a look-up in the second; a miss in
+the second is a page walk, which in a virtual machine walks the host's tables too. This is where
+an allocator that spreads the same blocks over more pages costs time that neither instructions
+nor cache misses show. The second level also sees the first-level instruction-cache misses (a
+unified TLB sees instruction pages too). It writes ``tlbsim.md`` and ``tlbsim.json``. A model:
+4 KiB pages only (our segments and pymalloc's arenas get no transparent huge pages here), no
+page-walk caches.
 """
 
 from __future__ import annotations
@@ -157,25 +169,59 @@ def l2_geometry(given: str) -> str:
                      "(bytes, e.g. 524288,8,64)")
 
 
-def cachegrind_misses(cmd: List[str], env: dict, l2: str) -> Dict[str, int]:
-    """Instructions and data-cache misses of a whole run under cachegrind, L1d and (as its last
-    level) ``l2``."""
-    counts = valgrind_summary("cachegrind", ["--cache-sim=yes", f"--LL={l2}"], cmd, env)
+def cache_options(l2: str) -> List[str]:
+    """cachegrind's options for the cache model: the machine's L1d, and ``l2`` as the last level."""
+    return ["--cache-sim=yes", f"--LL={l2}"]
+
+
+PAGE = 4096
+
+
+def tlb_options(tlb: str) -> List[str]:
+    """cachegrind's options for the TLB model: ``tlb`` is L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS;
+    each level becomes a cache of that many 4 KiB lines (cachegrind wants a power-of-two number
+    of sets, so entries / ways must be one)."""
+    try:
+        l1, l1_ways, l2, l2_ways = (int(x) for x in tlb.split(","))
+    except ValueError:
+        raise SystemExit(f"--tlb {tlb!r}: give four integers, L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS (e.g. 64,64,2048,16)")
+    for entries, ways in ((l1, l1_ways), (l2, l2_ways)):
+        sets = entries // ways if ways > 0 and entries % ways == 0 else 0
+        if sets < 1 or sets & (sets - 1):
+            raise SystemExit(f"--tlb {tlb!r}: {entries} entries in {ways} ways is not a power-of-two number of sets")
+    return ["--cache-sim=yes", f"--D1={l1 * PAGE},{l1_ways},{PAGE}", f"--LL={l2 * PAGE},{l2_ways},{PAGE}"]
+
+
+def cachegrind_misses(cmd: List[str], env: dict, options: List[str]) -> Dict[str, int]:
+    """Instructions and data misses of a whole run under cachegrind with ``options``
+    (``cache_options`` or ``tlb_options``): ``d1`` misses of the first level, ``l2`` of the last."""
+    counts = valgrind_summary("cachegrind", options, cmd, env)
     return {key: sum(counts[e] for e in events) for key, events in CACHE_KEYS.items()}
 
 
-def cache_table(results: Dict[str, Dict], l2: str) -> List[str]:
+# What each simulation's table says: its file, title, the two levels and how the model was set.
+SIMS = {
+    "cache": ("cachesim", "data-cache misses per loop", "--cache-sim", ("L1d", "L2"),
+              "L1d as the machine's and the last level as one core's L2 (`--LL={geometry}`): data reads and "
+              "writes that miss each level", "A model: no TLB, no prefetcher, no neighbours on the cache."),
+    "tlb": ("tlbsim", "data-TLB misses per loop", "--tlb-sim", ("L1 DTLB", "L2 TLB"),
+            "the two levels as data TLBs of 4 KiB pages (`--tlb {geometry}`: entries and ways of each level): data "
+            "reads and writes that miss the L1 DTLB (a look-up in the second level) and the second level (a page "
+            "walk)", "A model: 4 KiB pages only, no page-walk caches."),
+}
+
+
+def cache_table(results: Dict[str, Dict], geometry: str, sim: str = "cache") -> List[str]:
+    _, title, flag, (first, last), how, caveat = SIMS[sim]
     lines = [
-        "# pyperformance under cachegrind: data-cache misses per loop",
+        f"# pyperformance under cachegrind: {title}",
         "",
-        "`python benches/pyperformance_callgrind.py --cache-sim` (see its doc): cachegrind's simulation of one loop "
-        f"(loops L and 2L), L1d as the machine's and the last level as one core's L2 (`--LL={l2}`): data reads "
-        "and writes that miss each level per 1,000 instructions (MPKI, each configuration over its own "
-        "instructions), and rustmalloc's instructions as a ratio to pymalloc's. A model: no TLB, no prefetcher, "
-        "no neighbours on the cache.",
+        f"`python benches/pyperformance_callgrind.py {flag}` (see its doc): cachegrind's simulation of one loop "
+        f"(loops L and 2L), {how.format(geometry=geometry)} per 1,000 instructions (MPKI, each configuration over "
+        f"its own instructions), and rustmalloc's instructions as a ratio to pymalloc's. {caveat}",
         "",
-        "| benchmark | instructions rustmalloc / pymalloc | L1d MPKI pymalloc | L1d malloc | L1d rustmalloc "
-        "| L2 MPKI pymalloc | L2 malloc | L2 rustmalloc |",
+        f"| benchmark | instructions rustmalloc / pymalloc | {first} MPKI pymalloc | {first} malloc | {first} rustmalloc "
+        f"| {last} MPKI pymalloc | {last} malloc | {last} rustmalloc |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios: List[float] = []
@@ -204,7 +250,15 @@ def main() -> int:
                     help="count data-cache misses with cachegrind (L1d, and one core's L2 as the last level) "
                     "instead of instructions; writes cachesim.md / cachesim.json")
     ap.add_argument("--l2", default="", help="with --cache-sim: the L2 as SIZE,WAYS,LINE in bytes (default: sysfs)")
+    ap.add_argument("--tlb-sim", action="store_true",
+                    help="count data-TLB misses with cachegrind (levels of 4 KiB lines shaped as the L1 DTLB and "
+                    "the second-level TLB); writes tlbsim.md / tlbsim.json")
+    ap.add_argument("--tlb", default="64,64,2048,16",
+                    help="with --tlb-sim: L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS (default 64,64,2048,16)")
     a = ap.parse_args()
+    if a.cache_sim and a.tlb_sim:
+        raise SystemExit("--cache-sim and --tlb-sim are two runs: give one of them")
+    sim = "cache" if a.cache_sim else "tlb" if a.tlb_sim else ""
     configs = a.configs.split(",") if a.configs else []
     for c in configs:
         if c not in CONFIGS:
@@ -214,8 +268,9 @@ def main() -> int:
     python, scripts, base_env = pyperformance_setup(a.venv)
     base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
-    l2 = l2_geometry(a.l2) if a.cache_sim else ""
-    saved = os.path.join(a.out, "cachesim.json" if a.cache_sim else "callgrind.json")
+    geometry = l2_geometry(a.l2) if sim == "cache" else a.tlb if sim == "tlb" else ""
+    options = cache_options(geometry) if sim == "cache" else tlb_options(geometry) if sim == "tlb" else []
+    saved = os.path.join(a.out, (SIMS[sim][0] if sim else "callgrind") + ".json")
     if a.resume and os.path.exists(saved):
         with open(saved) as f:
             results = json.load(f)
@@ -236,8 +291,8 @@ def main() -> int:
                 with tempfile.TemporaryDirectory() as tmp:  # pyperf will not overwrite its output
                     cmds = [worker_cmd(python, script, extra, n, task, os.path.join(tmp, f"{n}.json"))
                             for n in (loops, 2 * loops)]
-                    if a.cache_sim:
-                        one, two = (cachegrind_misses(cmd, env, l2) for cmd in cmds)
+                    if sim:
+                        one, two = (cachegrind_misses(cmd, env, options) for cmd in cmds)
                         per_loop = {k: (two[k] - one[k]) / loops for k in CACHE_KEYS}
                         shown = " ".join(f"{k} {v / 1e6:8.3f} M" for k, v in per_loop.items()) + " per loop"
                     else:
@@ -248,9 +303,9 @@ def main() -> int:
                 print(f"{name:24} {config:10} L={loops:<6} {shown}", file=sys.stderr, flush=True)
                 with open(saved, "w") as f:  # after each count, for --resume
                     json.dump(results, f, indent=1)
-    if a.cache_sim:
-        lines = cache_table(results, l2)
-        with open(os.path.join(a.out, "cachesim.md"), "w") as f:
+    if sim:
+        lines = cache_table(results, geometry, sim)
+        with open(os.path.join(a.out, SIMS[sim][0] + ".md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines))
         return 0

@@ -132,12 +132,46 @@ def test_cache_sim_counts_the_misses_of_a_buffer_larger_than_the_l2():
     idle = "b = bytearray(8 << 20)\nfor i in range(0, len(b), 64): pass"
     env = dict(os.environ)
     env.pop("RUSTMALLOC", None)
-    busy = tools.cachegrind_misses([sys.executable, "-c", touch], env, l2)
-    quiet = tools.cachegrind_misses([sys.executable, "-c", idle], env, l2)
+    busy = tools.cachegrind_misses([sys.executable, "-c", touch], env, tools.cache_options(l2))
+    quiet = tools.cachegrind_misses([sys.executable, "-c", idle], env, tools.cache_options(l2))
     # Misses, not accesses: the loop that writes makes millions more of those.
     assert lines * 0.9 <= busy["d1"] - quiet["d1"] <= lines * 1.5, (busy, quiet)
     assert lines * 0.9 <= busy["l2"] - quiet["l2"] <= lines * 1.5, (busy, quiet)
     assert tools.l2_geometry("1024,2,64") == "1024,2,64"
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_tlb_sim_counts_one_miss_per_page_touched_beyond_the_tlb_reach():
+    """pyperformance_callgrind.py --tlb-sim shapes cachegrind's levels as TLBs of 4 KiB pages: a
+    program that writes one byte in each page of 64 MiB (eight times the 2048-entry second level's
+    reach) misses about once per page more than one that does not, in both levels; the same
+    program writing every cache line of those pages misses no more often than that."""
+    tools = _pyperformance_tools()
+    options = tools.tlb_options("64,64,2048,16")
+    assert options == ["--cache-sim=yes", "--D1=262144,64,4096", "--LL=8388608,16,4096"]
+    pages = (64 << 20) // 4096
+    run = "b = bytearray(64 << 20)\nfor i in range(0, len(b), {step}): {body}"
+    env = dict(os.environ)
+    env.pop("RUSTMALLOC", None)
+
+    def misses(step, body):
+        return tools.cachegrind_misses([sys.executable, "-c", run.format(step=step, body=body)], env, options)
+
+    quiet, per_page = misses(4096, "pass"), misses(4096, "b[i] = 1")
+    per_line = misses(64, "b[i] = 1")
+    for level in ("d1", "l2"):
+        # The two programs run different code, which moves the baseline by ~1,000 either way.
+        assert pages * 0.85 <= per_page[level] - quiet[level] <= pages * 1.5, (level, per_page, quiet)
+        # 64 writes to a page in a row: one miss, not 64 (a TLB's line is the page).
+        assert per_line[level] - quiet[level] <= pages * 1.5, (level, per_line, quiet)
+    assert per_line["ir"] > per_page["ir"] * 5  # it did run 64 times the writes
+
+
+def test_tlb_options_refuse_a_shape_cachegrind_cannot_model():
+    tools = _pyperformance_tools()
+    for bad in ("64,3,2048,16", "64,64,2048", "64,64,2048,x", "64,0,2048,16"):
+        with pytest.raises(SystemExit, match="--tlb"):
+            tools.tlb_options(bad)
 
 
 def test_cache_sim_table_gives_misses_per_thousand_instructions():
@@ -152,6 +186,9 @@ def test_cache_sim_table_gives_misses_per_thousand_instructions():
     assert "| bench_a | 0.750 | 25.000 | 30.000 | 10.000 | 1.250 | 0.000 | 2.000 |" in table
     assert "partial" not in table
     assert "| **geometric mean** | 0.750 |" in table
+    tlb = "\n".join(tools.cache_table(results, "64,64,2048,16", "tlb"))
+    assert "| L1 DTLB MPKI pymalloc |" in tlb and "| L2 TLB rustmalloc |" in tlb and "`--tlb 64,64,2048,16`" in tlb
+    assert "| bench_a | 0.750 | 25.000 | 30.000 | 10.000 | 1.250 | 0.000 | 2.000 |" in tlb
 
 
 def _pyperf_file(path, rounds):
