@@ -284,3 +284,94 @@ def test_pyperformance_rounds_sign_flip_test():
     assert mod.sign_flip_p([1.05] * 5 + [1 / 1.05]) == 14 / 64
     p = mod.sign_flip_p([1.1] * 16)  # sampled: about 2 / 65536, never 0
     assert 0 < p < 0.001
+
+
+# A stand-in for pyperf, as much of it as a benchmark script uses: the ping-pong worker replaces
+# its Runner to capture the function the script would time.
+_FAKE_PYPERF = '''
+import argparse, time
+perf_counter = time.perf_counter
+class Runner:
+    def __init__(self):
+        self.metadata = {}
+        self.argparser = argparse.ArgumentParser()
+    def parse_args(self):
+        return self.argparser.parse_args()
+'''
+# Timings known in advance: each loop "takes" SECONDS_PER_LOOP (from the environment, so two
+# configurations can differ), and the other two kinds really sleep.
+_FAKE_BENCHMARK = '''
+import asyncio, os, time
+import pyperf
+
+def timed(loops, scale):
+    return loops * scale * float(os.environ["SECONDS_PER_LOOP"])
+
+def sleeper():
+    time.sleep(0.002)
+
+async def async_sleeper():
+    await asyncio.sleep(0.002)
+
+if __name__ == "__main__":
+    runner = pyperf.Runner()
+    runner.parse_args()
+    runner.bench_time_func("fake_time", timed, 2.0)
+    runner.bench_func("fake_func", sleeper)
+    runner.bench_async_func("fake_async", async_sleeper)
+'''
+
+
+def _fake_pyperformance(tmp_path):
+    (tmp_path / "pyperf.py").write_text(_FAKE_PYPERF)
+    script = tmp_path / "run_benchmark.py"
+    script.write_text(_FAKE_BENCHMARK)
+    env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
+    env["PYTHONPATH"] = str(tmp_path)
+    return str(script), env
+
+
+def test_pingpong_worker_times_the_function_the_script_would_hand_pyperf(tmp_path):
+    mod = _bench_module("pyperformance_pingpong")
+    script, env = _fake_pyperformance(tmp_path)
+    w = mod.Worker(sys.executable, script, "fake_time", [], dict(env, SECONDS_PER_LOOP="0.25"), None)
+    try:
+        assert w.time(3) == 3 * 2.0 * 0.25  # the script's own argument (2.0) passed through
+        assert w.time(1) == 0.5
+    finally:
+        w.close()
+    for name in ("fake_func", "fake_async"):
+        w = mod.Worker(sys.executable, script, name, [], env, None)
+        try:
+            assert 5 * 0.002 <= w.time(5) < 5.0
+        finally:
+            w.close()
+    with pytest.raises(SystemExit, match="has no benchmark 'missing'.*fake_time"):
+        mod.Worker(sys.executable, script, "missing", [], env, None)
+
+
+def test_pingpong_pairs_second_over_first_and_summarises_by_process(tmp_path):
+    mod = _bench_module("pyperformance_pingpong")
+    script, env = _fake_pyperformance(tmp_path)
+    envs = [dict(env, SECONDS_PER_LOOP="0.01"), dict(env, SECONDS_PER_LOOP="0.03")]
+    per_process = mod.measure(sys.executable, script, "fake_time", [], envs, 3, 4, 0.05, None)
+    assert len(per_process) == 3 and all(len(p) == 4 for p in per_process)
+    assert all(abs(r - 3.0) < 1e-9 for p in per_process for r in p), per_process
+    s = mod.summary([[1.1, 1.2, 1.3], [0.9, 0.95, 1.0], [1.05, 1.05, 1.05], [1.2, 1.2, 1.2]])
+    assert s["median"] == pytest.approx(1.075) and s["pairs"] == 12 and s["processes"] == 4
+    assert s["processes_above_1"] == 3
+    assert s["first_half"] == pytest.approx(1.05) and s["second_half"] == pytest.approx(1.125)
+    assert s["p"] == mod.sign_flip_p([1.2, 0.95, 1.05, 1.2])
+    table = "\n".join(mod.table({"bench_a": s}, ["pymalloc", "rustmalloc"]))
+    assert "`rustmalloc` / `pymalloc`" in table and "| bench_a | 1.075 |" in table and "3 of 4" in table
+
+
+def test_pingpong_finds_the_script_of_a_benchmark_inside_another():
+    mod = _bench_module("pyperformance_pingpong")
+    scripts = {"async_tree": ("a.py", ["none"]), "async_tree_eager": ("a.py", ["eager"]),
+               "deepcopy": ("d.py", []), "go": ("g.py", [])}
+    assert mod.find_script(scripts, "go") == ("g.py", [])
+    assert mod.find_script(scripts, "deepcopy_memo") == ("d.py", [])
+    assert mod.find_script(scripts, "async_tree_none") == ("a.py", ["none"])
+    with pytest.raises(SystemExit, match="unknown benchmark 'nope'"):
+        mod.find_script(scripts, "nope")
