@@ -51,6 +51,11 @@ def worker(script: str, name: str, extra: List[str]) -> int:
 
     import pyperf
 
+    # The answers go to the parent through the original stdout; whatever the benchmark prints
+    # goes to stderr, so it cannot be read as a timing.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     found: Dict[str, Tuple[str, object, tuple]] = {}
 
     class Capture(pyperf.Runner):  # the benchmark's own set-up, without pyperf running it
@@ -68,7 +73,7 @@ def worker(script: str, name: str, extra: List[str]) -> int:
     sys.path[0] = os.path.dirname(os.path.abspath(script))  # as when the script runs itself
     runpy.run_path(script, run_name="__main__")
     if name not in found:
-        print(f"error: {script} has no benchmark {name!r} (it has {', '.join(found) or 'none'})", flush=True)
+        print(f"error: {script} has no benchmark {name!r} (it has {', '.join(found) or 'none'})", file=answers, flush=True)
         return 1
     kind, func, args = found[name]
 
@@ -89,9 +94,9 @@ def worker(script: str, name: str, extra: List[str]) -> int:
 
         return asyncio.run(main())
 
-    print("ready", flush=True)
+    print("ready", file=answers, flush=True)
     for line in sys.stdin:
-        print(repr(timed(int(line))), flush=True)
+        print(repr(timed(int(line))), file=answers, flush=True)
     return 0
 
 

@@ -308,12 +308,14 @@ def timed(loops, scale):
     return loops * scale * float(os.environ["SECONDS_PER_LOOP"])
 
 def sleeper():
+    print("a benchmark that prints")  # must not be read as a timing
     time.sleep(0.002)
 
 async def async_sleeper():
     await asyncio.sleep(0.002)
 
 if __name__ == "__main__":
+    print("set-up output")
     runner = pyperf.Runner()
     runner.parse_args()
     runner.bench_time_func("fake_time", timed, 2.0)
