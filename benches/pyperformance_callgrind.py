@@ -42,6 +42,10 @@ nor cache misses show. The second level also sees the first-level instruction-ca
 unified TLB sees instruction pages too). It writes ``tlbsim.md`` and ``tlbsim.json``. A model:
 4 KiB pages only (our segments and pymalloc's arenas get no transparent huge pages here), no
 page-walk caches.
+
+``--branch-sim`` runs cachegrind's branch model instead (``--branch-sim=yes``): conditional and
+indirect branches mispredicted per loop, to ``branchsim.md`` and ``branchsim.json``; a predictor
+far simpler than the machine's, so only large differences mean something.
 """
 
 from __future__ import annotations
@@ -74,8 +78,11 @@ CONFIGS = {
 }
 SUMMARY = re.compile(r"^summary:\s*(.*)$", re.M)
 EVENTS = re.compile(r"^events:\s*(.*)$", re.M)
-# cachesim.json keys: instructions, and data reads and writes that miss L1d and the last level.
+# cachesim.json / tlbsim.json keys: instructions, and data reads and writes that miss the first
+# level and the last; branchsim.json: instructions, conditional and indirect mispredictions.
 CACHE_KEYS = {"ir": ("Ir",), "d1": ("D1mr", "D1mw"), "l2": ("DLmr", "DLmw")}
+BRANCH_KEYS = {"ir": ("Ir",), "d1": ("Bcm",), "l2": ("Bim",)}
+BRANCH_OPTIONS = ["--cache-sim=no", "--branch-sim=yes"]
 
 
 def benchmark_scripts(bench_root: str) -> Dict[str, Tuple[str, List[str]]]:
@@ -193,10 +200,13 @@ def tlb_options(tlb: str) -> List[str]:
 
 
 def cachegrind_misses(cmd: List[str], env: dict, options: List[str]) -> Dict[str, int]:
-    """Instructions and data misses of a whole run under cachegrind with ``options``
-    (``cache_options`` or ``tlb_options``): ``d1`` misses of the first level, ``l2`` of the last."""
+    """Instructions and misses of a whole run under cachegrind with ``options``
+    (``cache_options``, ``tlb_options`` or ``BRANCH_OPTIONS``): ``d1`` counts the data misses of
+    the first level (or the conditional branches mispredicted), ``l2`` of the last (or the
+    indirect branches mispredicted)."""
     counts = valgrind_summary("cachegrind", options, cmd, env)
-    return {key: sum(counts[e] for e in events) for key, events in CACHE_KEYS.items()}
+    keys = BRANCH_KEYS if "--branch-sim=yes" in options else CACHE_KEYS
+    return {key: sum(counts[e] for e in events) for key, events in keys.items()}
 
 
 # What each simulation's table says: its file, title, the two levels and how the model was set.
@@ -208,6 +218,10 @@ SIMS = {
             "the two levels as data TLBs of 4 KiB pages (`--tlb {geometry}`: entries and ways of each level): data "
             "reads and writes that miss the L1 DTLB (a look-up in the second level) and the second level (a page "
             "walk)", "A model: 4 KiB pages only, no page-walk caches."),
+    "branch": ("branchsim", "branch mispredictions per loop", "--branch-sim", ("conditional", "indirect"),
+               "cachegrind's branch predictor (`--branch-sim=yes`{geometry}): conditional and indirect branches "
+               "mispredicted", "A model: a table of 2-bit counters and a simple indirect-target predictor, far "
+               "simpler than the machine's."),
 }
 
 
@@ -253,12 +267,14 @@ def main() -> int:
     ap.add_argument("--tlb-sim", action="store_true",
                     help="count data-TLB misses with cachegrind (levels of 4 KiB lines shaped as the L1 DTLB and "
                     "the second-level TLB); writes tlbsim.md / tlbsim.json")
+    ap.add_argument("--branch-sim", action="store_true",
+                    help="count branch mispredictions with cachegrind's branch model; writes branchsim.md / branchsim.json")
     ap.add_argument("--tlb", default="64,64,2048,16",
                     help="with --tlb-sim: L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS (default 64,64,2048,16)")
     a = ap.parse_args()
-    if a.cache_sim and a.tlb_sim:
-        raise SystemExit("--cache-sim and --tlb-sim are two runs: give one of them")
-    sim = "cache" if a.cache_sim else "tlb" if a.tlb_sim else ""
+    if a.cache_sim + a.tlb_sim + a.branch_sim > 1:
+        raise SystemExit("--cache-sim, --tlb-sim and --branch-sim are separate runs: give one of them")
+    sim = "cache" if a.cache_sim else "tlb" if a.tlb_sim else "branch" if a.branch_sim else ""
     configs = a.configs.split(",") if a.configs else []
     for c in configs:
         if c not in CONFIGS:
@@ -269,7 +285,8 @@ def main() -> int:
     base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
     geometry = l2_geometry(a.l2) if sim == "cache" else a.tlb if sim == "tlb" else ""
-    options = cache_options(geometry) if sim == "cache" else tlb_options(geometry) if sim == "tlb" else []
+    options = {"cache": cache_options, "tlb": tlb_options}[sim](geometry) if sim in ("cache", "tlb") else (
+        BRANCH_OPTIONS if sim == "branch" else [])
     saved = os.path.join(a.out, (SIMS[sim][0] if sim else "callgrind") + ".json")
     if a.resume and os.path.exists(saved):
         with open(saved) as f:

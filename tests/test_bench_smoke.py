@@ -167,6 +167,23 @@ def test_tlb_sim_counts_one_miss_per_page_touched_beyond_the_tlb_reach():
     assert per_line["ir"] > per_page["ir"] * 5  # it did run 64 times the writes
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_branch_sim_counts_the_mispredictions_of_a_random_branch():
+    """pyperformance_callgrind.py --branch-sim reads cachegrind's branch model: a Python `if` on
+    50,000 random bits mispredicts thousands of times more than the same `if` on 50,000 bits in
+    order (both programs build both lists)."""
+    tools = _pyperformance_tools()
+    run = "import random\nr = random.Random(1)\nb = [r.getrandbits(1) for _ in range(50000)]\n" \
+          "z = [0] * 25000 + [1] * 25000\nn = 0\nfor x in {which}:\n    if x:\n        n += 1"
+    env = dict(os.environ)
+    env.pop("RUSTMALLOC", None)
+    shuffled, ordered = (tools.cachegrind_misses([sys.executable, "-c", run.format(which=w)], env, tools.BRANCH_OPTIONS)
+                         for w in ("b", "z"))
+    assert shuffled["d1"] - ordered["d1"] > 10000, (shuffled, ordered)
+    # The interpreter's computed-goto dispatch after the `if` goes one of two ways: indirect.
+    assert shuffled["l2"] > ordered["l2"] > 0, (shuffled, ordered)
+
+
 def test_tlb_options_refuse_a_shape_cachegrind_cannot_model():
     tools = _pyperformance_tools()
     for bad in ("64,3,2048,16", "64,64,2048", "64,64,2048,x", "64,0,2048,16"):
@@ -189,6 +206,8 @@ def test_cache_sim_table_gives_misses_per_thousand_instructions():
     tlb = "\n".join(tools.cache_table(results, "64,64,2048,16", "tlb"))
     assert "| L1 DTLB MPKI pymalloc |" in tlb and "| L2 TLB rustmalloc |" in tlb and "`--tlb 64,64,2048,16`" in tlb
     assert "| bench_a | 0.750 | 25.000 | 30.000 | 10.000 | 1.250 | 0.000 | 2.000 |" in tlb
+    branch = "\n".join(tools.cache_table(results, "", "branch"))
+    assert "| conditional MPKI pymalloc |" in branch and "| indirect rustmalloc |" in branch
 
 
 def _pyperf_file(path, rounds):
