@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -94,9 +95,18 @@ def worker(script: str, name: str, extra: List[str]) -> int:
 
         return asyncio.run(main())
 
+    import resource
+
     print("ready", file=answers, flush=True)
     for line in sys.stdin:
-        print(repr(timed(int(line))), file=answers, flush=True)
+        before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        seconds = timed(int(line))
+        wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+        # What the kernel did during the call, which valgrind's counts never see: page faults
+        # (a purged page touched again is one) and system time (madvise, munmap, faults). Of the
+        # whole call: a function that times itself may time only part of it (gc_traversal).
+        print(f"{seconds!r} {after.ru_minflt - before.ru_minflt} {after.ru_stime - before.ru_stime!r} {wall!r}",
+              file=answers, flush=True)
     return 0
 
 
@@ -114,12 +124,15 @@ class Worker:
             raise SystemExit(f"{name}: the worker did not start ({first or 'no output'})")
 
     def time(self, loops: int) -> float:
+        """Seconds ``loops`` loops took (``faults``, ``system`` and ``wall`` then hold the page
+        faults, system seconds and wall seconds of the whole call)."""
         self.proc.stdin.write(f"{loops}\n")
         self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
-        if not answer:
+        answer = self.proc.stdout.readline().split()
+        if len(answer) != 4:
             raise SystemExit(f"a worker died (exit {self.proc.wait()})")
-        return float(answer)
+        self.faults, self.system, self.wall = int(answer[1]), float(answer[2]), float(answer[3])
+        return float(answer[0])
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -138,9 +151,13 @@ def calibrate(w: Worker, target_s: float) -> int:
 
 
 def measure(python: str, script: str, name: str, extra: List[str], envs: List[dict], processes: int,
-            pairs: int, target_s: float, cpu: int | None) -> List[List[float]]:
-    """Per process pair, the ratios second / first of ``pairs`` timings taken in turn."""
+            pairs: int, target_s: float, cpu: int | None, kernel: Dict[str, List[float]] | None = None
+            ) -> List[List[float]]:
+    """Per process pair, the ratios second / first of ``pairs`` timings taken in turn. With
+    ``kernel``, also each configuration's page faults per loop and system share of the wall
+    time, over all its timed calls: ``kernel["faults"]`` and ``kernel["system"]``, first then second."""
     out = []
+    totals = [[0, 0.0, 0.0, 0] for _ in envs]  # faults, system seconds, wall seconds, loops
     loops = None
     for p in range(processes):
         workers = [Worker(python, script, name, extra, env, cpu) for env in envs]
@@ -156,11 +173,18 @@ def measure(python: str, script: str, name: str, extra: List[str], envs: List[di
                 t = [0.0, 0.0]
                 for k in order:
                     t[k] = workers[k].time(loops)
+                    totals[k][0] += workers[k].faults
+                    totals[k][1] += workers[k].system
+                    totals[k][2] += workers[k].wall
+                    totals[k][3] += loops
                 ratios.append(t[1] / t[0])
             out.append(ratios)
         finally:
             for w in workers:
                 w.close()
+    if kernel is not None:
+        kernel["faults"] = [f / n for f, _, _, n in totals]
+        kernel["system"] = [sys_s / s if s > 0 else 0.0 for _, sys_s, s, _ in totals]
     return out
 
 
@@ -181,19 +205,32 @@ def summary(per_process: List[List[float]]) -> Dict[str, float]:
     }
 
 
+def kernel_cells(k: Dict[str, List[float]]) -> str:
+    """Page faults per loop and the system share of the calls' time, first / second configuration."""
+    return (f"{k['faults'][0]:.0f} / {k['faults'][1]:.0f} | "
+            f"{100 * k['system'][0]:.1f}% / {100 * k['system'][1]:.1f}%")
+
+
 def table(results: Dict[str, Dict[str, float]], configs: List[str]) -> List[str]:
     a, b = configs
     lines = [
         f"`{b}` / `{a}`, timed in ping-pong (`benches/pyperformance_pingpong.py`): median of the pair ratios, "
         "their quartiles, processes whose median ratio is above 1, a paired sign-flip test over the processes' "
-        "medians (two-sided p), and the medians over the first and second half of the processes",
+        "medians (two-sided p), the medians over the first and second half of the processes, and what the "
+        f"kernel did in the timed loops: page faults per loop and system time as a share of the calls' wall time (`{a}` / `{b}`)",
         "",
-        "| benchmark | median ratio | quartiles | pairs | processes above 1 | p (processes) | first half | second half |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| benchmark | median ratio | quartiles | pairs | processes above 1 | p (processes) | first half | second half "
+        "| page faults per loop | system time |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in results.items():
+        k = kernel_cells(s["kernel"]) if "kernel" in s else " | "
         lines.append(f"| {name} | {s['median']:.3f} | {s['q1']:.3f}-{s['q3']:.3f} | {s['pairs']} | "
-                     f"{s['processes_above_1']} of {s['processes']} | {s['p']:.3f} | {s['first_half']:.3f} | {s['second_half']:.3f} |")
+                     f"{s['processes_above_1']} of {s['processes']} | {s['p']:.3f} | {s['first_half']:.3f} | "
+                     f"{s['second_half']:.3f} | {k} |")
+    if len(results) > 1:
+        gm = math.exp(statistics.fmean(math.log(s["median"]) for s in results.values()))
+        lines.append(f"| **geometric mean** | {gm:.3f} | | | | | | | | |")
     return lines
 
 
@@ -223,12 +260,13 @@ def main() -> int:
     results, raw = {}, {}
     for name in a.benchmarks.split(","):
         script, extra = find_script(scripts, name)
-        per_process = measure(python, script, name, extra, envs, a.processes, a.pairs, a.target_ms / 1000, cpu)
-        results[name], raw[name] = summary(per_process), per_process
+        kernel: Dict[str, List[float]] = {}
+        per_process = measure(python, script, name, extra, envs, a.processes, a.pairs, a.target_ms / 1000, cpu, kernel)
+        results[name], raw[name] = dict(summary(per_process), kernel=kernel), per_process
         s = results[name]
         print(f"{name:22} {configs[1]}/{configs[0]} median {s['median']:.3f} quartiles {s['q1']:.3f}-{s['q3']:.3f} "
               f"above 1 in {s['processes_above_1']}/{s['processes']} processes (p {s['p']:.3f}); halves {s['first_half']:.3f} "
-              f"{s['second_half']:.3f}", file=sys.stderr, flush=True)
+              f"{s['second_half']:.3f}; faults/loop and system share {kernel_cells(kernel)}", file=sys.stderr, flush=True)
     lines = table(results, configs)
     print("\n".join(lines))
     if a.out:

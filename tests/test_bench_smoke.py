@@ -333,6 +333,13 @@ def sleeper():
 async def async_sleeper():
     await asyncio.sleep(0.002)
 
+def toucher():  # 1024 fresh pages written each loop: as many page faults
+    import mmap
+    m = mmap.mmap(-1, 4 << 20)
+    for i in range(0, len(m), 4096):
+        m[i] = 1
+    m.close()
+
 if __name__ == "__main__":
     print("set-up output")
     runner = pyperf.Runner()
@@ -340,6 +347,7 @@ if __name__ == "__main__":
     runner.bench_time_func("fake_time", timed, 2.0)
     runner.bench_func("fake_func", sleeper)
     runner.bench_async_func("fake_async", async_sleeper)
+    runner.bench_func("fake_faults", toucher)
 '''
 
 
@@ -367,6 +375,12 @@ def test_pingpong_worker_times_the_function_the_script_would_hand_pyperf(tmp_pat
             assert 5 * 0.002 <= w.time(5) < 5.0
         finally:
             w.close()
+    w = mod.Worker(sys.executable, script, "fake_faults", [], env, None)
+    try:
+        w.time(4)
+        assert 4 * 1024 <= w.faults < 4 * 1400 and w.wall > 0 and 0 <= w.system <= w.wall + 0.05
+    finally:
+        w.close()
     with pytest.raises(SystemExit, match="has no benchmark 'missing'.*fake_time"):
         mod.Worker(sys.executable, script, "missing", [], env, None)
 
@@ -375,16 +389,26 @@ def test_pingpong_pairs_second_over_first_and_summarises_by_process(tmp_path):
     mod = _bench_module("pyperformance_pingpong")
     script, env = _fake_pyperformance(tmp_path)
     envs = [dict(env, SECONDS_PER_LOOP="0.01"), dict(env, SECONDS_PER_LOOP="0.03")]
-    per_process = mod.measure(sys.executable, script, "fake_time", [], envs, 3, 4, 0.05, None)
+    kernel = {}
+    per_process = mod.measure(sys.executable, script, "fake_time", [], envs, 3, 4, 0.05, None, kernel)
     assert len(per_process) == 3 and all(len(p) == 4 for p in per_process)
     assert all(abs(r - 3.0) < 1e-9 for p in per_process for r in p), per_process
+    assert len(kernel["faults"]) == 2 and all(0 <= s < 1 for s in kernel["system"]), kernel
+    faulting = {}
+    mod.measure(sys.executable, script, "fake_faults", [], [env, env], 2, 3, 0.01, None, faulting)
+    assert all(1024 <= f < 1400 for f in faulting["faults"]), faulting
     s = mod.summary([[1.1, 1.2, 1.3], [0.9, 0.95, 1.0], [1.05, 1.05, 1.05], [1.2, 1.2, 1.2]])
     assert s["median"] == pytest.approx(1.075) and s["pairs"] == 12 and s["processes"] == 4
     assert s["processes_above_1"] == 3
     assert s["first_half"] == pytest.approx(1.05) and s["second_half"] == pytest.approx(1.125)
     assert s["p"] == mod.sign_flip_p([1.2, 0.95, 1.05, 1.2])
-    table = "\n".join(mod.table({"bench_a": s}, ["pymalloc", "rustmalloc"]))
+    table = "\n".join(mod.table({"bench_a": dict(s, kernel={"faults": [12.4, 300.0], "system": [0.011, 0.25]})},
+                                 ["pymalloc", "rustmalloc"]))
     assert "`rustmalloc` / `pymalloc`" in table and "| bench_a | 1.075 |" in table and "3 of 4" in table
+    assert "| 12 / 300 | 1.1% / 25.0% |" in table
+    assert "geometric mean" not in table
+    two = "\n".join(mod.table({"a": dict(s, median=0.9), "b": dict(s, median=1.0 / 0.9 * 1.1)}, ["x", "y"]))
+    assert "| **geometric mean** | 1.049 |" in two  # sqrt(1.1)
 
 
 def test_pingpong_finds_the_script_of_a_benchmark_inside_another():
