@@ -9,8 +9,10 @@ one pyperf worker per configuration (``--loops L --values 3 --warmups 1``), in a
 alternates from round to round (forwards, then backwards), and keeps the fastest of the worker's
 three values (the others ran in the same process, so they share its layout); then prints each
 configuration's median over the rounds, its quartiles, and its ratio to the first
-configuration's median. Configurations: pymalloc, malloc (glibc), rustmalloc, and
-rustmalloc-nopurge (automatic purging held off by a purge delay of 1000 s). A benchmark
+configuration's median. Configurations: pymalloc, malloc (glibc), rustmalloc,
+rustmalloc-nopurge (automatic purging held off by a purge delay of 1000 s), rustmalloc-delay1s
+(a purge delay of 1 s instead of 250 ms) and rustmalloc-retain256m (256 MiB of empty pages
+kept per heap instead of 4 MiB). A benchmark
 with several pyperf tasks (xml_etree) takes ``--task``.
 """
 
@@ -33,6 +35,9 @@ CONFIGS = {
     "malloc": {"PYTHONMALLOC": "malloc"},
     "rustmalloc": {"RUSTMALLOC": "1"},
     "rustmalloc-nopurge": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": "1000000"},
+    # The purge policy's two knobs, each raised alone: which part of the purge costs a benchmark.
+    "rustmalloc-delay1s": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": "1000"},
+    "rustmalloc-retain256m": {"RUSTMALLOC": "1", "RUSTMALLOC_RETAIN_BYTES": str(256 << 20)},
 }
 
 
