@@ -199,13 +199,13 @@ def tlb_options(tlb: str) -> List[str]:
     return ["--cache-sim=yes", f"--D1={l1 * PAGE},{l1_ways},{PAGE}", f"--LL={l2 * PAGE},{l2_ways},{PAGE}"]
 
 
-def cachegrind_misses(cmd: List[str], env: dict, options: List[str]) -> Dict[str, int]:
+def cachegrind_misses(cmd: List[str], env: dict, options: List[str],
+                      keys: Dict[str, Tuple[str, ...]] = CACHE_KEYS) -> Dict[str, int]:
     """Instructions and misses of a whole run under cachegrind with ``options``
-    (``cache_options``, ``tlb_options`` or ``BRANCH_OPTIONS``): ``d1`` counts the data misses of
-    the first level (or the conditional branches mispredicted), ``l2`` of the last (or the
+    (``cache_options`` or ``tlb_options``, with ``CACHE_KEYS``: ``d1`` the data misses of the
+    first level, ``l2`` of the last; or ``BRANCH_OPTIONS`` with ``BRANCH_KEYS``: conditional and
     indirect branches mispredicted)."""
     counts = valgrind_summary("cachegrind", options, cmd, env)
-    keys = BRANCH_KEYS if "--branch-sim=yes" in options else CACHE_KEYS
     return {key: sum(counts[e] for e in events) for key, events in keys.items()}
 
 
@@ -284,9 +284,15 @@ def main() -> int:
     python, scripts, base_env = pyperformance_setup(a.venv)
     base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
-    geometry = l2_geometry(a.l2) if sim == "cache" else a.tlb if sim == "tlb" else ""
-    options = {"cache": cache_options, "tlb": tlb_options}[sim](geometry) if sim in ("cache", "tlb") else (
-        BRANCH_OPTIONS if sim == "branch" else [])
+    geometry, options, keys = "", [], CACHE_KEYS
+    if sim == "cache":
+        geometry = l2_geometry(a.l2)
+        options = cache_options(geometry)
+    elif sim == "tlb":
+        geometry = a.tlb
+        options = tlb_options(geometry)
+    elif sim == "branch":
+        options, keys = BRANCH_OPTIONS, BRANCH_KEYS
     saved = os.path.join(a.out, (SIMS[sim][0] if sim else "callgrind") + ".json")
     if a.resume and os.path.exists(saved):
         with open(saved) as f:
@@ -309,8 +315,8 @@ def main() -> int:
                     cmds = [worker_cmd(python, script, extra, n, task, os.path.join(tmp, f"{n}.json"))
                             for n in (loops, 2 * loops)]
                     if sim:
-                        one, two = (cachegrind_misses(cmd, env, options) for cmd in cmds)
-                        per_loop = {k: (two[k] - one[k]) / loops for k in CACHE_KEYS}
+                        one, two = (cachegrind_misses(cmd, env, options, keys) for cmd in cmds)
+                        per_loop = {k: (two[k] - one[k]) / loops for k in keys}
                         shown = " ".join(f"{k} {v / 1e6:8.3f} M" for k, v in per_loop.items()) + " per loop"
                     else:
                         one, two = (callgrind_total(cmd, env) for cmd in cmds)

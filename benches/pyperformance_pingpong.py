@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from typing import Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from pyperformance_rounds import sign_flip_p  # noqa: E402
+from report import geomean  # noqa: E402
 WORKER = "--pingpong-worker"
 
 
@@ -53,6 +53,7 @@ def worker(script: str, name: str, extra: List[str]) -> int:
     """Run in pyperformance's venv: capture the benchmark ``name`` of ``script``, then answer
     each line ``LOOPS`` on stdin with the seconds LOOPS loops took, until stdin closes."""
     import asyncio
+    import resource
     import runpy
     import time
 
@@ -100,8 +101,6 @@ def worker(script: str, name: str, extra: List[str]) -> int:
             return time.perf_counter() - t0
 
         return asyncio.run(main())
-
-    import resource
 
     print("ready", file=answers, flush=True)
     for line in sys.stdin:
@@ -235,8 +234,7 @@ def table(results: Dict[str, Dict[str, float]], configs: List[str]) -> List[str]
                      f"{s['processes_above_1']} of {s['processes']} | {s['p']:.3f} | {s['first_half']:.3f} | "
                      f"{s['second_half']:.3f} | {k} |")
     if len(results) > 1:
-        gm = math.exp(statistics.fmean(math.log(s["median"]) for s in results.values()))
-        lines.append(f"| **geometric mean** | {gm:.3f} | | | | | | | | |")
+        lines.append(f"| **geometric mean** | {geomean([s['median'] for s in results.values()]):.3f} | | | | | | | | |")
     return lines
 
 
@@ -291,8 +289,7 @@ def find_script(scripts: Dict[str, Tuple[str, List[str]]], name: str) -> Tuple[s
         return scripts[name]
     for base in sorted(scripts, key=len, reverse=True):
         if name.startswith(base + "_"):
-            script, extra = scripts[base]
-            return script, extra
+            return scripts[base]
     raise SystemExit(f"unknown benchmark {name!r}")
 
 

@@ -120,6 +120,14 @@ def _pyperformance_tools():
     return _bench_module("pyperformance_callgrind")
 
 
+def _valgrind_env():
+    """The environment of a model run: no rustmalloc, one hash seed (the same interpreter paths
+    in every run compared)."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    env.pop("RUSTMALLOC", None)
+    return env
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_cache_sim_counts_the_misses_of_a_buffer_larger_than_the_l2():
     """pyperformance_callgrind.py --cache-sim reads cachegrind's misses: a program that writes
@@ -130,8 +138,7 @@ def test_cache_sim_counts_the_misses_of_a_buffer_larger_than_the_l2():
     lines = (8 << 20) // 64
     touch = "b = bytearray(8 << 20)\nfor i in range(0, len(b), 64): b[i] = 1"
     idle = "b = bytearray(8 << 20)\nfor i in range(0, len(b), 64): pass"
-    env = dict(os.environ)
-    env.pop("RUSTMALLOC", None)
+    env = _valgrind_env()
     busy = tools.cachegrind_misses([sys.executable, "-c", touch], env, tools.cache_options(l2))
     quiet = tools.cachegrind_misses([sys.executable, "-c", idle], env, tools.cache_options(l2))
     # Misses, not accesses: the loop that writes makes millions more of those.
@@ -151,8 +158,7 @@ def test_tlb_sim_counts_one_miss_per_page_touched_beyond_the_tlb_reach():
     assert options == ["--cache-sim=yes", "--D1=262144,64,4096", "--LL=8388608,16,4096"]
     pages = (64 << 20) // 4096
     run = "b = bytearray(64 << 20)\nfor i in range(0, len(b), {step}): {body}"
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    env.pop("RUSTMALLOC", None)
+    env = _valgrind_env()
 
     def misses(step, body):
         return tools.cachegrind_misses([sys.executable, "-c", run.format(step=step, body=body)], env, options)
@@ -175,9 +181,9 @@ def test_branch_sim_counts_the_mispredictions_of_a_random_branch():
     tools = _pyperformance_tools()
     run = "import random\nr = random.Random(1)\nb = [r.getrandbits(1) for _ in range(50000)]\n" \
           "z = [0] * 25000 + [1] * 25000\nn = 0\nfor x in {which}:\n    if x:\n        n += 1"
-    env = dict(os.environ, PYTHONHASHSEED="0")  # the same interpreter paths in both runs
-    env.pop("RUSTMALLOC", None)
-    shuffled, ordered = (tools.cachegrind_misses([sys.executable, "-c", run.format(which=w)], env, tools.BRANCH_OPTIONS)
+    env = _valgrind_env()
+    shuffled, ordered = (tools.cachegrind_misses([sys.executable, "-c", run.format(which=w)], env,
+                                                 tools.BRANCH_OPTIONS, tools.BRANCH_KEYS)
                          for w in ("b", "z"))
     # Tens of thousands expected (half of 50,000 random bits, at the `if` and the branches behind
     # it); the two programs differ otherwise by a few thousand.
