@@ -22,7 +22,7 @@ use crate::purge::{self, Mode};
 use crate::segment::{
     self, extend_free_list, free_blocks, huge_alloc, huge_resize, init_small_page, page_of,
     page_start, purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind,
-    LARGE_MAX, PAGE_SHIFT, PAGE_SIZE,
+    LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE,
 };
 use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
@@ -95,6 +95,22 @@ pub struct Heap {
     pub next_purge_ms: u64,
     pub trim_epoch_seen: u64,
     pub purge_countdown: u32,
+    /// The automatic purge delay in force for this heap, in ms (`purge::adapt_delay`; 0 until
+    /// the first pass), and the sums it is judged on: bytes given back by recent automatic
+    /// passes and bytes of purged memory taken into use again.
+    pub purge_delay_ms: u64,
+    pub recent_purged: u64,
+    pub recent_refaulted: u64,
+    /// Bytes given back by trim passes (`trim()`, or before failing a request) not yet taken
+    /// into use again: refaults of them were asked for, so they are charged here first and do
+    /// not lengthen the delay.
+    pub trimmed_credit: u64,
+    /// Resident bytes of segments this heap's passes unmapped, not yet mapped again: mapping a
+    /// new segment takes (up to a segment of) them back, and counts as a refault.
+    pub unmapped_bytes: u64,
+    /// When an automatic pass last gave something back: refaults later than the longest delay
+    /// after it would not have been saved by any delay, and do not count.
+    pub last_purge_ms: u64,
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     /// Written by other threads (see `CacheLine`).
     pub remote: CacheLine<AtomicPtr<u8>>,
@@ -121,6 +137,12 @@ impl Heap {
             next_purge_ms: 0,
             trim_epoch_seen: 0,
             purge_countdown: 0,
+            purge_delay_ms: 0,
+            recent_purged: 0,
+            recent_refaulted: 0,
+            trimmed_credit: 0,
+            unmapped_bytes: 0,
+            last_purge_ms: 0,
             remote: CacheLine(AtomicPtr::new(null_mut())),
             owner_tp: CacheLine(AtomicUsize::new(0)),
         }
@@ -390,7 +412,9 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
                     queue_push_front(q, last);
                     return pop(h, last, class, domain);
                 }
+                let os_pages = (*page).purged.count_ones() as usize;
                 if unpurge_page(page) {
+                    count_refault(h, os_pages * crate::os::page_size());
                     return pop(h, page, class, domain);
                 }
             }
@@ -547,8 +571,13 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
     let mut seg = (*h).segments;
     while !seg.is_null() {
         let was_empty = (*seg).used_pages == 0;
+        let purged = (*seg).purged_pages;
         let page = segment::take_pages(seg, count, kind);
         if !page.is_null() {
+            count_refault(
+                h,
+                (purged & !(*seg).purged_pages).count_ones() as usize * PAGE_SIZE,
+            );
             if was_empty {
                 (*h).empty_segments -= 1;
             }
@@ -566,6 +595,9 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
     if seg.is_null() {
         return null_mut();
     }
+    let back = (*h).unmapped_bytes.min(SEGMENT_SIZE as u64);
+    (*h).unmapped_bytes -= back;
+    count_refault(h, back as usize);
     segment_list_push(h, seg);
     let page = segment::take_pages(seg, count, kind);
     debug_assert!(!page.is_null());
@@ -840,7 +872,10 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 let fits = size <= capacity && size * 2 >= old_size;
                 let grown = !fits && size > capacity && (*seg).owner == h && {
                     let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
+                    let purged = (*seg).purged_pages;
                     let ok = segment::extend_span(page, extra);
+                    let taken = (purged & !(*seg).purged_pages).count_ones() as usize;
+                    count_refault(h, taken * PAGE_SIZE);
                     // The heap's list holds only segments with free pages.
                     if ok && (*seg).free_pages == 0 && (*seg).in_list {
                         segment_list_remove(h, seg);
@@ -1012,10 +1047,37 @@ unsafe fn maybe_purge(h: *mut Heap) {
     }
     let now = purge::now_ms();
     if now >= (*h).next_purge_ms {
+        let base = purge::PURGE_DELAY_MS.load(Relaxed);
+        let (purged, refaulted) = ((*h).recent_purged, (*h).recent_refaulted);
+        let (delay, decided) = purge::adapt_delay((*h).purge_delay_ms, base, purged, refaulted);
+        (*h).purge_delay_ms = delay;
+        ((*h).recent_purged, (*h).recent_refaulted) = if decided {
+            (0, 0)
+        } else {
+            (purged / 2, refaulted / 2)
+        };
         if (*h).next_purge_ms != 0 {
             purge(h, Mode::Auto);
         }
-        (*h).next_purge_ms = now + purge::PURGE_DELAY_MS.load(Relaxed);
+        (*h).next_purge_ms = now + (*h).purge_delay_ms;
+    }
+}
+
+/// Count `bytes` of purged memory taken into use again by `h` (see `purge::adapt_delay`).
+///
+/// # Safety
+/// The caller is `h`'s owner.
+#[inline]
+unsafe fn count_refault(h: *mut Heap, bytes: usize) {
+    use core::sync::atomic::Ordering::Relaxed;
+    if bytes != 0 {
+        purge::REFAULTED_BYTES.fetch_add(bytes as u64, Relaxed);
+        let credit = (*h).trimmed_credit.min(bytes as u64);
+        (*h).trimmed_credit -= credit;
+        let window = purge::PURGE_DELAY_MS.load(Relaxed) * purge::MAX_DELAY_FACTOR;
+        if purge::now_ms().saturating_sub((*h).last_purge_ms) <= window {
+            (*h).recent_refaulted += bytes as u64 - credit;
+        }
     }
 }
 
@@ -1032,7 +1094,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     // purge delay (see `segment::TouchTimes`).
     let now = purge::now_ms();
     let age = match mode {
-        Mode::Auto => purge::PURGE_DELAY_MS.load(Relaxed),
+        Mode::Auto => (*h).purge_delay_ms.max(purge::PURGE_DELAY_MS.load(Relaxed)),
         Mode::Trim => 0,
     };
     // Free OS pages inside partly used pages.
@@ -1076,7 +1138,9 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             segment_list_remove(h, seg);
             (*h).empty_segments -= 1;
             // What leaves RAM: the dirty pages and the metadata page.
-            bytes += ((*seg).dirty_pages.count_ones() as usize + 1) * PAGE_SIZE;
+            let resident = ((*seg).dirty_pages.count_ones() as usize + 1) * PAGE_SIZE;
+            bytes += resident;
+            (*h).unmapped_bytes += resident as u64;
             segment::release_segment(seg);
         } else {
             let free = (*seg).dirty_pages & (*seg).free_pages;
@@ -1090,6 +1154,14 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
         seg = next;
     }
     purge::PURGED_BYTES.fetch_add(bytes as u64, Relaxed);
+    match mode {
+        Mode::Auto if bytes != 0 => {
+            (*h).recent_purged += bytes as u64;
+            (*h).last_purge_ms = now;
+        }
+        Mode::Auto => {}
+        Mode::Trim => (*h).trimmed_credit += bytes as u64,
+    }
     bytes
 }
 

@@ -246,6 +246,8 @@ pub struct OsTotals {
     pub bytes_resident: usize,
     pub segments: usize,
     pub segments_peak: usize,
+    /// Bytes given back by purges and later taken into use again (faulted in again).
+    pub bytes_refaulted: usize,
 }
 
 pub fn os_totals() -> OsTotals {
@@ -261,7 +263,22 @@ pub fn os_totals() -> OsTotals {
         bytes_resident,
         segments,
         segments_peak,
+        bytes_refaulted: purge::REFAULTED_BYTES.load(core::sync::atomic::Ordering::Relaxed)
+            as usize,
     }
+}
+
+/// The automatic purge delay in force for the MEM/OBJ heap now, in ms (see
+/// `purge::adapt_delay`).
+///
+/// # Safety
+/// The caller holds the GIL.
+pub unsafe fn gil_purge_delay_ms() -> u64 {
+    use core::sync::atomic::Ordering::Relaxed;
+    let base = purge::PURGE_DELAY_MS.load(Relaxed);
+    (*gil_heap())
+        .purge_delay_ms
+        .clamp(base, base.saturating_mul(purge::MAX_DELAY_FACTOR))
 }
 
 /// Count a free or realloc handed to the previous allocator (called by the hooks).

@@ -20,6 +20,15 @@
 //! page is only rescanned once enough new blocks were freed in it. `trim()` runs passes now, retaining
 //! nothing, on the GIL heap and on abandoned RAW heaps, and asks every live RAW heap to run one
 //! on its next slow path.
+//!
+//! The delay adapts, per heap (`adapt_delay`): `purge_delay_ms` is the shortest. Memory given
+//! back and then taken into use again soon after (a *refault*: a purged page or OS page reused)
+//! cost an `madvise` call and a page fault per OS page for nothing; a program that does that
+//! works in rounds longer than the delay (a batch job's iterations, a server's bursts). When at
+//! least half of what a heap's recent passes gave back was refaulted, its delay doubles, up to
+//! `MAX_DELAY_FACTOR` times `purge_delay_ms`; when almost none of it was, the delay halves, back
+//! to `purge_delay_ms`. A program that drops a large structure once and does not come back for
+//! the memory keeps the short delay.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -33,6 +42,37 @@ pub static ENABLED: AtomicBool = AtomicBool::new(true);
 pub static TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Bytes given back by purge passes (decommitted or unmapped), for the statistics.
 pub static PURGED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes of purged memory taken into use again (see `adapt_delay`), for the statistics.
+pub static REFAULTED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A heap's purge delay grows up to this many times `PURGE_DELAY_MS` (see `adapt_delay`).
+pub const MAX_DELAY_FACTOR: u64 = 16;
+/// Less than this refaulted is too little to lengthen the delay for.
+pub const REFAULT_MIN_BYTES: u64 = 1 << 20;
+
+/// A heap's next purge delay, judged at an automatic pass from the delay in force (`current`),
+/// the configured shortest one (`base`), the bytes the heap's passes gave back (`purged`) and
+/// the bytes of purged memory it has taken into use again (`refaulted`), both since the last
+/// judgement. Returns the delay, and whether the sums decided it: the caller then starts them
+/// afresh (evidence counts once), else halves them, so a refault that comes a pass after its
+/// purge still counts against it.
+///
+/// Doubles (up to `MAX_DELAY_FACTOR * base`) when at least half of what was given back came
+/// back; halves (down to `base`) when less than an eighth did. A program that works in rounds
+/// then settles at a delay that outlasts its gaps, where its passes find nothing to give back
+/// and the delay stays.
+pub fn adapt_delay(current: u64, base: u64, purged: u64, refaulted: u64) -> (u64, bool) {
+    let max = base.saturating_mul(MAX_DELAY_FACTOR);
+    let (next, decided) = if refaulted >= REFAULT_MIN_BYTES && refaulted.saturating_mul(2) >= purged
+    {
+        (current.saturating_mul(2), true)
+    } else if purged >= REFAULT_MIN_BYTES && refaulted.saturating_mul(8) < purged {
+        (current / 2, true)
+    } else {
+        (current, false)
+    };
+    (next.clamp(base, max), decided)
+}
 
 /// Milliseconds on a coarse monotonic clock (a vDSO read, no system call).
 pub fn now_ms() -> u64 {

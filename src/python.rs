@@ -642,16 +642,17 @@ const DOMAIN_FIELDS: [&str; 14] = [
 
 type DomainTuple = Vec<u64>;
 type ClassTuple = (usize, usize, u64, u64, u64, u64);
-type OsTuple = (usize, usize, usize, usize, usize);
+type OsTuple = (usize, usize, usize, usize, usize, usize, u64);
 
 /// Everything the statistics report, as plain tuples the Python layer names:
 /// (domains: one `DOMAIN_FIELDS` tuple per domain,
 ///  classes: (domain, class, block_size, blocks_in_use, blocks_free, pages) for each class
 ///           with pages or live blocks,
-///  os: (bytes_mapped, bytes_returned, bytes_resident, segments, segments_peak),
+///  os: (bytes_mapped, bytes_returned, bytes_resident, segments, segments_peak,
+///       bytes_refaulted, the MEM/OBJ heap's purge delay in force),
 ///  heaps: (RAW heaps created, abandoned)).
 #[pyfunction]
-fn _snapshot() -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
+fn _snapshot(_py: Python<'_>) -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
     let sum = crate::summary();
     let domains = (0..3)
         .map(|d| {
@@ -691,6 +692,9 @@ fn _snapshot() -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
         o.bytes_resident,
         o.segments,
         o.segments_peak,
+        o.bytes_refaulted,
+        // SAFETY: `Python<'_>` proves the GIL is held.
+        unsafe { crate::gil_purge_delay_ms() },
     );
     (domains, classes, os, crate::raw_heap::heap_counts())
 }

@@ -93,6 +93,9 @@ pub struct SegmentHeader {
     pub in_list: bool,
     /// Bit i set: free page i may hold resident memory (it was used and not decommitted since).
     pub dirty_pages: u64,
+    /// Bit i set: free page i was decommitted by a purge (taking it again faults it back in; the
+    /// heap counts that, see `purge::adapt_delay`). Always within `free_pages & !dirty_pages`.
+    pub purged_pages: u64,
     /// For a huge segment: bytes mapped, and the block's current size (16-byte rounded).
     pub mapped: usize,
     pub huge_size: usize,
@@ -303,6 +306,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             prev: null_mut(),
             in_list: false,
             dirty_pages: 0,
+            purged_pages: 0,
             mapped: SEGMENT_SIZE,
             huge_size: 0,
         });
@@ -365,6 +369,7 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize, kind: PageKind) 
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
     (*seg).free_pages &= !mask;
     (*seg).dirty_pages &= !mask;
+    (*seg).purged_pages &= !mask;
     (*seg).used_pages += count as u32;
     let page = page_at(seg, idx);
     (*page).span = count as u32;
@@ -416,6 +421,7 @@ pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
     }
     (*seg).free_pages &= !mask;
     (*seg).dirty_pages &= !mask;
+    (*seg).purged_pages &= !mask;
     (*seg).used_pages += extra as u32;
     (*page).span += extra as u32;
     true
@@ -628,6 +634,7 @@ pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize, eligib
         *keep = 0;
         if os::decommit((seg as *mut u8).add(i * PAGE_SIZE), len) {
             (*seg).dirty_pages &= !run;
+            (*seg).purged_pages |= run;
             bytes += len;
         }
     }
@@ -698,6 +705,7 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             prev: null_mut(),
             in_list: false,
             dirty_pages: 0,
+            purged_pages: 0,
             mapped,
             huge_size: huge_rounded(size),
         });

@@ -616,7 +616,11 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
     // The heap's next look at the clock may have been set by an earlier test with the default
     // delay (250 ms), longer than this test takes to get there (a flaky failure, "gave back 0
     // bytes"): let the first look run a pass.
-    unsafe { (*crate::gil_heap()).next_purge_ms = 1 };
+    // Likewise the delay an earlier test's refaults may have lengthened (`purge::adapt_delay`).
+    unsafe {
+        (*crate::gil_heap()).next_purge_ms = 1;
+        (*crate::gil_heap()).purge_delay_ms = 0;
+    }
     let before = purge::PURGED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
     let ps: Vec<usize> = (0..200_000)
         .map(|_| unsafe { gil_malloc(MEM, 100) } as usize)
@@ -962,4 +966,119 @@ fn a_purged_page_waits_while_the_last_page_has_free_blocks() {
         }
         heap::check_invariants(h);
     }
+}
+
+/// The adaptive purge delay's rule (`purge::adapt_delay`): refaults of at least half of what
+/// was given back double it, up to `MAX_DELAY_FACTOR` times the configured delay; refaults of
+/// less than an eighth halve it, down to the configured delay; small or mixed evidence leaves it.
+#[test]
+fn the_purge_delay_adapts_to_refaults() {
+    use purge::{adapt_delay, MAX_DELAY_FACTOR, REFAULT_MIN_BYTES as MIN};
+    let base = 250;
+    let max = base * MAX_DELAY_FACTOR;
+    // (delay in force, purged, refaulted) -> (next delay, the evidence decided it)
+    let cases = [
+        ((0, 0, 0), (base, false)), // a new heap starts at the configured delay
+        ((base, 0, 0), (base, false)),
+        ((base, 10 * MIN, 5 * MIN), (2 * base, true)),
+        ((base, 0, MIN), (2 * base, true)), // refaults of memory purged a pass earlier
+        ((base, 0, MIN - 1), (base, false)), // too little to act on
+        ((max, 10 * MIN, 10 * MIN), (max, true)),
+        ((4 * base, 10 * MIN, MIN), (2 * base, true)),
+        ((base, 10 * MIN, 0), (base, true)),
+        ((4 * base, MIN - 1, 0), (4 * base, false)),
+        ((4 * base, 10 * MIN, 2 * MIN), (4 * base, false)), // between an eighth and a half
+        ((100 * max, 0, 0), (max, false)),                  // the configured delay was lowered
+    ];
+    for ((current, purged, refaulted), want) in cases {
+        assert_eq!(
+            adapt_delay(current, base, purged, refaulted),
+            want,
+            "adapt_delay({current}, {base}, {purged}, {refaulted})"
+        );
+    }
+    assert_eq!(
+        adapt_delay(0, 0, 10 * MIN, 10 * MIN),
+        (0, true),
+        "delay 0 stays 0"
+    );
+}
+
+/// A heap counts as refaulted the pages an automatic pass decommitted and that it takes into use
+/// again; refaults of what a trim gave back (decommitted pages, unmapped segments mapped again)
+/// are charged to the trim and not counted. The statistic counts both.
+#[test]
+fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
+    let _g = serial();
+    let (enabled, delay, retain) = purge::settings();
+    // Refaults count within 16 delays of a pass (here 16 s): pages must be free for 1 s.
+    purge::configure(true, 1000, 0);
+    let h = private_heap();
+    let pages = 20;
+    let per_page = segment::PAGE_SIZE / 1024;
+    let least = ((pages - 1) * segment::PAGE_SIZE) as u64;
+    let stat = || purge::REFAULTED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
+    let round = |h: *mut heap::Heap| -> Vec<*mut u8> {
+        let blocks: Vec<*mut u8> = (0..pages * per_page)
+            .map(|_| unsafe { heap::alloc(h, 1024, 1) })
+            .collect();
+        for &p in &blocks {
+            unsafe { *p = 1 };
+        }
+        blocks
+    };
+    unsafe {
+        (*h).next_purge_ms = u64::MAX; // no automatic pass but the test's own
+                                       // One survivor keeps the segment mapped: its empty pages are decommitted, not unmapped.
+        let survivor = heap::alloc(h, 1024, 1);
+        for p in round(h) {
+            heap::free(h, p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1050));
+        let given = heap::purge(h, purge::Mode::Auto) as u64;
+        assert!(given >= least, "{given}");
+        assert_eq!((*h).recent_purged, given);
+        let (refaulted, counted) = ((*h).recent_refaulted, stat());
+        let blocks = round(h);
+        let again = (*h).recent_refaulted - refaulted;
+        assert!(again >= least, "refaulted after an automatic pass: {again}");
+        assert!(stat() - counted >= again);
+        for p in blocks {
+            heap::free(h, p);
+        }
+        heap::check_invariants(h);
+
+        // The same after a trim: the statistic counts it, the delay's evidence does not.
+        let given = heap::purge(h, purge::Mode::Trim) as u64;
+        assert!(given >= least, "{given}");
+        assert!((*h).trimmed_credit >= given);
+        let (refaulted, counted) = ((*h).recent_refaulted, stat());
+        let blocks = round(h);
+        assert_eq!(
+            (*h).recent_refaulted,
+            refaulted,
+            "refaults of trimmed memory"
+        );
+        assert!(stat() - counted >= least);
+        for p in blocks.into_iter().chain([survivor]) {
+            heap::free(h, p);
+        }
+
+        // After a pass unmapped segments, mapping a new one takes some of that back.
+        (*h).unmapped_bytes = segment::SEGMENT_SIZE as u64;
+        (*h).trimmed_credit = 0;
+        (*h).last_purge_ms = purge::now_ms();
+        let before = (*h).recent_refaulted;
+        let spans: Vec<*mut u8> = (0..4)
+            .map(|_| heap::alloc(h, segment::LARGE_MAX, 1))
+            .collect();
+        assert!(segment::segment_of(spans[3]) != segment::segment_of(spans[0]));
+        assert_eq!((*h).recent_refaulted - before, segment::SEGMENT_SIZE as u64);
+        assert_eq!((*h).unmapped_bytes, 0);
+        for p in spans {
+            heap::free(h, p);
+        }
+        heap::check_invariants(h);
+    }
+    purge::configure(enabled, delay, retain);
 }

@@ -35,6 +35,8 @@ class OsStats:
     bytes_resident: int
     segments: int
     segments_peak: int
+    bytes_refaulted: int
+    purge_delay_ms: int
 
 class Snapshot:
     installed: tuple[str, ...]

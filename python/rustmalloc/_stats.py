@@ -79,6 +79,11 @@ class OsStats:
     bytes_resident: int
     segments: int
     segments_peak: int
+    #: Given back by purges and later taken into use again (each such OS page was faulted in again).
+    bytes_refaulted: int
+    #: The MEM/OBJ heap's automatic purge delay now: ``purge_delay_ms`` or up to 16 times it when
+    #: memory it gave back was soon taken again (each RAW heap adapts its own the same way).
+    purge_delay_ms: int
 
 
 @dataclass(frozen=True)
@@ -304,7 +309,8 @@ def format_stats(snapshot: Optional[Snapshot] = None, width: int = 30) -> str:
     out.append("")
     out.append(
         f"  OS: {format_bytes(o.bytes_mapped)} mapped, {format_bytes(o.bytes_resident)} resident, "
-        f"{format_bytes(o.bytes_returned)} returned; segments (4 MiB): {o.segments:,} now, "
+        f"{format_bytes(o.bytes_returned)} returned ({format_bytes(o.bytes_refaulted)} of it taken "
+        f"again; purge delay {o.purge_delay_ms:,} ms); segments (4 MiB): {o.segments:,} now, "
         f"{o.segments_peak:,} at most"
     )
     out.append(f"  RAW thread heaps: {s.raw_heaps_created:,} created, {s.raw_heaps_abandoned:,} waiting for adoption")
