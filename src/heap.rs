@@ -101,16 +101,11 @@ pub struct Heap {
     pub purge_delay_ms: u64,
     pub recent_purged: u64,
     pub recent_refaulted: u64,
-    /// Bytes given back by trim passes (`trim()`, or before failing a request) not yet taken
-    /// into use again: refaults of them were asked for, so they are charged here first and do
-    /// not lengthen the delay.
-    pub trimmed_credit: u64,
-    /// Resident bytes of segments this heap's passes unmapped, not yet mapped again: mapping a
-    /// new segment takes (up to a segment of) them back, and counts as a refault.
+    /// Resident bytes of segments this heap's automatic passes unmapped and not yet mapped
+    /// again, and when the last was: a segment mapped soon after takes them back (its pages
+    /// count as refaults as they are taken, see `take_pages`).
     pub unmapped_bytes: u64,
-    /// When an automatic pass last gave something back: refaults later than the longest delay
-    /// after it would not have been saved by any delay, and do not count.
-    pub last_purge_ms: u64,
+    pub unmapped_ms: u64,
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     /// Written by other threads (see `CacheLine`).
     pub remote: CacheLine<AtomicPtr<u8>>,
@@ -140,9 +135,8 @@ impl Heap {
             purge_delay_ms: 0,
             recent_purged: 0,
             recent_refaulted: 0,
-            trimmed_credit: 0,
             unmapped_bytes: 0,
-            last_purge_ms: 0,
+            unmapped_ms: 0,
             remote: CacheLine(AtomicPtr::new(null_mut())),
             owner_tp: CacheLine(AtomicUsize::new(0)),
         }
@@ -414,7 +408,9 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
                 }
                 let os_pages = (*page).purged.count_ones() as usize;
                 if unpurge_page(page) {
-                    count_refault(h, os_pages * crate::os::page_size());
+                    let t = segment::touch_times(segment_of(page as *const u8));
+                    let purged_ms = (*t).page[segment::page_index(page)];
+                    count_refault(h, os_pages * crate::os::page_size(), purged_ms);
                     return pop(h, page, class, domain);
                 }
             }
@@ -574,10 +570,7 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
         let purged = (*seg).purged_pages;
         let page = segment::take_pages(seg, count, kind);
         if !page.is_null() {
-            count_refault(
-                h,
-                (purged & !(*seg).purged_pages).count_ones() as usize * PAGE_SIZE,
-            );
+            count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
             if was_empty {
                 (*h).empty_segments -= 1;
             }
@@ -595,11 +588,18 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
     if seg.is_null() {
         return null_mut();
     }
-    let back = (*h).unmapped_bytes.min(SEGMENT_SIZE as u64);
-    (*h).unmapped_bytes -= back;
-    count_refault(h, back as usize);
+    if (*h).unmapped_bytes != 0 {
+        // Mapped soon after a pass unmapped segments: taking its pages takes that memory back.
+        if refault_window(purge::now_ms(), (*h).unmapped_ms) {
+            (*seg).purged_pages = (*seg).free_pages;
+            (*segment::touch_times(seg)).page = [(*h).unmapped_ms; segment::PAGES_PER_SEGMENT];
+        }
+        (*h).unmapped_bytes = (*h).unmapped_bytes.saturating_sub(SEGMENT_SIZE as u64);
+    }
     segment_list_push(h, seg);
+    let purged = (*seg).purged_pages;
     let page = segment::take_pages(seg, count, kind);
+    count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
     debug_assert!(!page.is_null());
     page
 }
@@ -874,8 +874,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                     let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
                     let purged = (*seg).purged_pages;
                     let ok = segment::extend_span(page, extra);
-                    let taken = (purged & !(*seg).purged_pages).count_ones() as usize;
-                    count_refault(h, taken * PAGE_SIZE);
+                    count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
                     // The heap's list holds only segments with free pages.
                     if ok && (*seg).free_pages == 0 && (*seg).in_list {
                         segment_list_remove(h, seg);
@@ -1063,21 +1062,38 @@ unsafe fn maybe_purge(h: *mut Heap) {
     }
 }
 
-/// Count `bytes` of purged memory taken into use again by `h` (see `purge::adapt_delay`).
+/// Whether memory given back at `purged_ms` and taken again at `now` was taken soon enough to
+/// count against the delay: within the longest delay, which would have kept it.
+fn refault_window(now: u64, purged_ms: u64) -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    let longest = purge::PURGE_DELAY_MS
+        .load(Relaxed)
+        .saturating_mul(purge::MAX_DELAY_FACTOR);
+    purged_ms != 0 && now.saturating_sub(purged_ms) <= longest
+}
+
+/// Count `bytes` of memory given back at `purged_ms` (0: by a trim) that `h` takes into use
+/// again (see `purge::adapt_delay`); the statistic counts them all.
 ///
 /// # Safety
 /// The caller is `h`'s owner.
-#[inline]
-unsafe fn count_refault(h: *mut Heap, bytes: usize) {
-    use core::sync::atomic::Ordering::Relaxed;
-    if bytes != 0 {
-        purge::REFAULTED_BYTES.fetch_add(bytes as u64, Relaxed);
-        let credit = (*h).trimmed_credit.min(bytes as u64);
-        (*h).trimmed_credit -= credit;
-        let window = purge::PURGE_DELAY_MS.load(Relaxed) * purge::MAX_DELAY_FACTOR;
-        if purge::now_ms().saturating_sub((*h).last_purge_ms) <= window {
-            (*h).recent_refaulted += bytes as u64 - credit;
-        }
+unsafe fn count_refault(h: *mut Heap, bytes: usize, purged_ms: u64) {
+    purge::REFAULTED_BYTES.fetch_add(bytes as u64, core::sync::atomic::Ordering::Relaxed);
+    if refault_window(purge::now_ms(), purged_ms) {
+        (*h).recent_refaulted += bytes as u64;
+    }
+}
+
+/// `count_refault` for `taken`, pages of `seg` (bit i: page i) just taken out of `purged_pages`.
+///
+/// # Safety
+/// The caller is `h`'s owner; `seg` is a live `Pages` segment.
+unsafe fn count_refaulted_pages(h: *mut Heap, seg: *mut SegmentHeader, mut taken: u64) {
+    let t = segment::touch_times(seg);
+    while taken != 0 {
+        let i = taken.trailing_zeros() as usize;
+        taken &= taken - 1;
+        count_refault(h, PAGE_SIZE, (*t).page[i]);
     }
 }
 
@@ -1097,6 +1113,12 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
         Mode::Auto => (*h).purge_delay_ms.max(purge::PURGE_DELAY_MS.load(Relaxed)),
         Mode::Trim => 0,
     };
+    // What an automatic pass gives back is stamped with its time: taken again soon, that is a
+    // refault. A trim's is stamped "long ago": taking it again was asked for.
+    let stamp = match mode {
+        Mode::Auto => now,
+        Mode::Trim => 0,
+    };
     // Free OS pages inside partly used pages.
     for i in 0..DOMAINS * QUEUE_STRIDE {
         let q = queue_at(h, i);
@@ -1108,7 +1130,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             let per_os_page = (ps / (*page).block_size as usize).max(1) as u32;
             let fresh = free_blocks(page).saturating_sub((*page).free_at_purge as u32);
             if mode == Mode::Trim || fresh >= per_os_page {
-                bytes += purge_page(page);
+                bytes += purge_page(page, stamp);
             }
             page = (*page).next;
         }
@@ -1140,7 +1162,10 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             // What leaves RAM: the dirty pages and the metadata page.
             let resident = ((*seg).dirty_pages.count_ones() as usize + 1) * PAGE_SIZE;
             bytes += resident;
-            (*h).unmapped_bytes += resident as u64;
+            if mode == Mode::Auto {
+                (*h).unmapped_bytes += resident as u64;
+                (*h).unmapped_ms = now;
+            }
             segment::release_segment(seg);
         } else {
             let free = (*seg).dirty_pages & (*seg).free_pages;
@@ -1149,18 +1174,13 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             } else {
                 segment::left_alone(seg, free, now, age)
             };
-            bytes += segment::purge_free_pages(seg, &mut keep, eligible);
+            bytes += segment::purge_free_pages(seg, &mut keep, eligible, stamp);
         }
         seg = next;
     }
     purge::PURGED_BYTES.fetch_add(bytes as u64, Relaxed);
-    match mode {
-        Mode::Auto if bytes != 0 => {
-            (*h).recent_purged += bytes as u64;
-            (*h).last_purge_ms = now;
-        }
-        Mode::Auto => {}
-        Mode::Trim => (*h).trimmed_credit += bytes as u64,
+    if mode == Mode::Auto {
+        (*h).recent_purged += bytes as u64;
     }
     bytes
 }
@@ -1184,6 +1204,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         assert_eq!(
             (*seg).used_pages as usize + (*seg).free_pages.count_ones() as usize,
             segment::PAGES_PER_SEGMENT - 1
+        );
+        assert_eq!(
+            (*seg).purged_pages & !((*seg).free_pages & !(*seg).dirty_pages),
+            0,
+            "a purged page is free and not dirty"
         );
         if (*seg).used_pages == 0 {
             empty += 1;

@@ -54,8 +54,10 @@ pub const REFAULT_MIN_BYTES: u64 = 1 << 20;
 /// the configured shortest one (`base`), the bytes the heap's passes gave back (`purged`) and
 /// the bytes of purged memory it has taken into use again (`refaulted`), both since the last
 /// judgement. Returns the delay, and whether the sums decided it: the caller then starts them
-/// afresh (evidence counts once), else halves them, so a refault that comes a pass after its
-/// purge still counts against it.
+/// afresh (each refault counts in one judgement), else halves them, so a refault that comes a
+/// pass after its purge still counts against it. Refaults count only within
+/// `MAX_DELAY_FACTOR * base` of their purge (see `heap::count_refault`): later ones no delay
+/// would have saved.
 ///
 /// Doubles (up to `MAX_DELAY_FACTOR * base`) when at least half of what was given back came
 /// back; halves (down to `base`) when less than an eighth did. A program that works in rounds

@@ -200,6 +200,11 @@ pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
 /// pages decommitted and faulted in again whenever a pass falls between a round's frees and its
 /// allocations. In the metadata page, after the descriptors; a fresh segment's zeros mean
 /// "long ago".
+///
+/// A page decommitted by a purge pass (`purged_pages`), or a small page some of whose OS pages
+/// were (`Page::purged`), holds instead when an automatic pass gave it back (0, "long ago", for
+/// a trim): taking it into use again soon after is a refault (see `purge::adapt_delay`). Nothing
+/// else reads the time of a page that is not free and dirty.
 #[repr(C)]
 pub struct TouchTimes {
     pub page: [u64; PAGES_PER_SEGMENT],
@@ -489,12 +494,13 @@ fn os_pages_per_page() -> usize {
 
 /// Give back the OS pages of a small page that hold only free blocks (or never-carved space),
 /// cutting those blocks out of its free list first — the list is linked through the blocks, so
-/// a link left in a purged OS page would read as zero afterwards. Returns the bytes given back.
+/// a link left in a purged OS page would read as zero afterwards. Returns the bytes given back;
+/// if any, the page's time becomes `stamp` (see `TouchTimes`).
 ///
 /// # Safety
 /// `page` is a small page owned by the caller, with no remote frees pending for it that the
 /// caller would later push onto its list (collect them first).
-pub unsafe fn purge_page(page: *mut Page) -> usize {
+pub unsafe fn purge_page(page: *mut Page, stamp: u64) -> usize {
     let ps = os::page_size();
     let n = os_pages_per_page();
     if (*page).free.is_null() || n > 16 {
@@ -573,6 +579,9 @@ pub unsafe fn purge_page(page: *mut Page) -> usize {
             bytes += len;
         }
     }
+    if bytes != 0 {
+        (*touch_times(segment_of(page as *const u8))).page[page_index(page)] = stamp;
+    }
     bytes
 }
 
@@ -607,11 +616,17 @@ pub unsafe fn unpurge_page(page: *mut Page) -> bool {
 }
 
 /// Decommit the dirty free pages of a segment among `eligible` (bit i: page i), keeping the
-/// first `keep` bytes of them; returns the bytes given back.
+/// first `keep` bytes of them; returns the bytes given back. The pages decommitted join
+/// `purged_pages`, their time `stamp` (see `TouchTimes`).
 ///
 /// # Safety
 /// `seg` is a live `Pages` segment owned by the caller.
-pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize, eligible: u64) -> usize {
+pub unsafe fn purge_free_pages(
+    seg: *mut SegmentHeader,
+    keep: &mut usize,
+    eligible: u64,
+    stamp: u64,
+) -> usize {
     let mut dirty = (*seg).dirty_pages & (*seg).free_pages & eligible;
     let mut bytes = 0;
     while dirty != 0 {
@@ -635,6 +650,10 @@ pub unsafe fn purge_free_pages(seg: *mut SegmentHeader, keep: &mut usize, eligib
         if os::decommit((seg as *mut u8).add(i * PAGE_SIZE), len) {
             (*seg).dirty_pages &= !run;
             (*seg).purged_pages |= run;
+            let t = touch_times(seg);
+            for k in i..j {
+                (*t).page[k] = stamp;
+            }
             bytes += len;
         }
     }

@@ -617,10 +617,7 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
     // delay (250 ms), longer than this test takes to get there (a flaky failure, "gave back 0
     // bytes"): let the first look run a pass.
     // Likewise the delay an earlier test's refaults may have lengthened (`purge::adapt_delay`).
-    unsafe {
-        (*crate::gil_heap()).next_purge_ms = 1;
-        (*crate::gil_heap()).purge_delay_ms = 0;
-    }
+    unsafe { reset_purge_state(crate::gil_heap()) };
     let before = purge::PURGED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
     let ps: Vec<usize> = (0..200_000)
         .map(|_| unsafe { gil_malloc(MEM, 100) } as usize)
@@ -1004,9 +1001,21 @@ fn the_purge_delay_adapts_to_refaults() {
     );
 }
 
-/// A heap counts as refaulted the pages an automatic pass decommitted and that it takes into use
-/// again; refaults of what a trim gave back (decommitted pages, unmapped segments mapped again)
-/// are charged to the trim and not counted. The statistic counts both.
+/// Forget a heap's automatic purge state (see `heap::Heap::purge_delay_ms`): a test that times
+/// a pass must not inherit a delay that an earlier test's refaults lengthened.
+unsafe fn reset_purge_state(h: *mut heap::Heap) {
+    (*h).next_purge_ms = 1; // the next look at the clock runs a pass
+    (*h).purge_delay_ms = 0;
+    (*h).recent_purged = 0;
+    (*h).recent_refaulted = 0;
+    (*h).unmapped_bytes = 0;
+    (*h).unmapped_ms = 0;
+}
+
+/// A heap counts as refaulted what an automatic pass gave back and it takes into use again
+/// within the longest delay: decommitted pages, OS pages cut out of a page, and the pages of a
+/// segment mapped soon after a pass unmapped some. What a trim gave back does not count, nor
+/// what was given back long ago. The statistic counts all of it.
 #[test]
 fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
     let _g = serial();
@@ -1018,10 +1027,8 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
     let per_page = segment::PAGE_SIZE / 1024;
     let least = ((pages - 1) * segment::PAGE_SIZE) as u64;
     let stat = || purge::REFAULTED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
-    let round = |h: *mut heap::Heap| -> Vec<*mut u8> {
-        let blocks: Vec<*mut u8> = (0..pages * per_page)
-            .map(|_| unsafe { heap::alloc(h, 1024, 1) })
-            .collect();
+    let round = |h: *mut heap::Heap, n: usize| -> Vec<*mut u8> {
+        let blocks: Vec<*mut u8> = (0..n).map(|_| unsafe { heap::alloc(h, 1024, 1) }).collect();
         for &p in &blocks {
             unsafe { *p = 1 };
         }
@@ -1031,7 +1038,7 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
         (*h).next_purge_ms = u64::MAX; // no automatic pass but the test's own
                                        // One survivor keeps the segment mapped: its empty pages are decommitted, not unmapped.
         let survivor = heap::alloc(h, 1024, 1);
-        for p in round(h) {
+        for p in round(h, pages * per_page) {
             heap::free(h, p);
         }
         std::thread::sleep(std::time::Duration::from_millis(1050));
@@ -1039,21 +1046,40 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
         assert!(given >= least, "{given}");
         assert_eq!((*h).recent_purged, given);
         let (refaulted, counted) = ((*h).recent_refaulted, stat());
-        let blocks = round(h);
+        let blocks = round(h, pages * per_page);
         let again = (*h).recent_refaulted - refaulted;
-        assert!(again >= least, "refaulted after an automatic pass: {again}");
+        assert!(
+            again >= least,
+            "pages refaulted after an automatic pass: {again}"
+        );
         assert!(stat() - counted >= again);
-        for p in blocks {
+        heap::check_invariants(h);
+
+        // OS pages cut out of a page that is not being allocated from, and faulted in again.
+        // The last page of `blocks` is the current one; the first is full.
+        let a = segment::page_of(blocks[0]);
+        for &p in &blocks[..per_page / 2] {
             heap::free(h, p);
+        }
+        let refaulted = (*h).recent_refaulted;
+        assert!(heap::purge(h, purge::Mode::Auto) > 0 && (*a).purged != 0);
+        let more = round(h, per_page / 2 + per_page); // the current page runs out, then A
+        assert_eq!((*a).purged, 0, "A's blocks are in use again");
+        assert!(
+            (*h).recent_refaulted - refaulted >= segment::PAGE_SIZE as u64 / 2,
+            "OS pages of a page refaulted: {}",
+            (*h).recent_refaulted - refaulted
+        );
+        for p in blocks[per_page / 2..].iter().chain(&more) {
+            heap::free(h, *p);
         }
         heap::check_invariants(h);
 
-        // The same after a trim: the statistic counts it, the delay's evidence does not.
+        // After a trim: the statistic counts the refaults, the delay's evidence does not.
         let given = heap::purge(h, purge::Mode::Trim) as u64;
         assert!(given >= least, "{given}");
-        assert!((*h).trimmed_credit >= given);
         let (refaulted, counted) = ((*h).recent_refaulted, stat());
-        let blocks = round(h);
+        let blocks = round(h, pages * per_page);
         assert_eq!(
             (*h).recent_refaulted,
             refaulted,
@@ -1063,22 +1089,36 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
         for p in blocks.into_iter().chain([survivor]) {
             heap::free(h, p);
         }
-
-        // After a pass unmapped segments, mapping a new one takes some of that back.
-        (*h).unmapped_bytes = segment::SEGMENT_SIZE as u64;
-        (*h).trimmed_credit = 0;
-        (*h).last_purge_ms = purge::now_ms();
-        let before = (*h).recent_refaulted;
-        let spans: Vec<*mut u8> = (0..4)
-            .map(|_| heap::alloc(h, segment::LARGE_MAX, 1))
-            .collect();
-        assert!(segment::segment_of(spans[3]) != segment::segment_of(spans[0]));
-        assert_eq!((*h).recent_refaulted - before, segment::SEGMENT_SIZE as u64);
-        assert_eq!((*h).unmapped_bytes, 0);
-        for p in spans {
-            heap::free(h, p);
-        }
         heap::check_invariants(h);
+
+        // A segment mapped soon after an automatic pass unmapped one: its pages count as they
+        // are taken (the first segment has room for one 2 MiB span: the second maps one).
+        let span_pages = (segment::LARGE_MAX / segment::PAGE_SIZE) as u64;
+        for (unmapped_ms, counts) in [(purge::now_ms(), true), (1, false)] {
+            (*h).unmapped_bytes = segment::SEGMENT_SIZE as u64;
+            (*h).unmapped_ms = unmapped_ms;
+            let before = (*h).recent_refaulted;
+            let spans: Vec<*mut u8> = (0..2)
+                .map(|_| heap::alloc(h, segment::LARGE_MAX, 1))
+                .collect();
+            assert!(segment::segment_of(spans[1]) != segment::segment_of(spans[0]));
+            let want = if counts {
+                span_pages * segment::PAGE_SIZE as u64
+            } else {
+                0
+            };
+            assert_eq!(
+                (*h).recent_refaulted - before,
+                want,
+                "unmapped at {unmapped_ms}"
+            );
+            assert_eq!((*h).unmapped_bytes, 0);
+            heap::check_invariants(h);
+            for p in spans {
+                heap::free(h, p);
+            }
+            heap::purge(h, purge::Mode::Trim); // unmaps the empty segments again
+        }
     }
     purge::configure(enabled, delay, retain);
 }

@@ -135,10 +135,10 @@ del items
 deadline = time.monotonic() + 20
 junk = []
 while time.monotonic() < deadline:
-    junk.append([str(i) for i in range(200)])   # slow paths, where passes run
-    if len(junk) > 50:
+    junk.append([str(i) for i in range(2000)])   # slow paths, where passes run
+    if len(junk) > 20:
         junk.clear()
-    time.sleep(0.01)
+    time.sleep(0.005)
     r = rustmalloc.stats().os.bytes_resident
     if r < r_built // 4:
         break
@@ -162,7 +162,7 @@ MIB = 1 << 20
 base = rustmalloc.configure()["purge_delay_ms"]
 refaults = []
 delays = []
-for rnd in range(12):
+for rnd in range(16):
     r0 = rustmalloc.stats().os.bytes_refaulted
     items = [(str(i) * 3, [i, i + 1]) for i in range(300_000)]
     del items
@@ -174,7 +174,8 @@ print("delay in force by round", delays)
 check(max(refaults) > 8 * MIB, "the pauses never made a round refault: %r" % refaults)
 check(delays[-1] > base, delays)
 check(delays[-1] <= 16 * base, delays)
-check(sum(refaults[-3:]) < max(refaults) // 2, "the last rounds still refault: %r" % refaults)
+# Most of the last rounds refault little (a busy machine may oversleep a pause now and then).
+check(sorted(refaults[-5:])[2] < max(refaults) // 4, "the last rounds still refault: %r" % refaults)
 
 # Stop coming back: the memory still returns, within the longest delay and a pass.
 junk = []
@@ -183,10 +184,10 @@ r_built = rustmalloc.stats().os.bytes_resident
 del items
 start = time.monotonic()
 while time.monotonic() - start < 16 * base / 1000 + 10:
-    junk.append([str(i) for i in range(200)])
-    if len(junk) > 50:
+    junk.append([str(i) for i in range(2000)])
+    if len(junk) > 20:
         junk.clear()
-    time.sleep(0.01)
+    time.sleep(0.005)
     r = rustmalloc.stats().os.bytes_resident
     if r < r_built // 3:
         break
