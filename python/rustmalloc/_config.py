@@ -52,8 +52,11 @@ def configure(
     """Set the policy for giving memory back to the OS; returns the settings now in force.
 
     - ``purge``: automatic purging on or off (``trim()`` works either way).
-    - ``purge_delay_ms``: minimum time between automatic purge passes of a heap (0 to 3600000).
-      A pass runs on a heap's slow path, never on the free fast path.
+    - ``purge_delay_ms``: the shortest time between automatic purge passes of a heap, and the
+      shortest time free memory is kept before a pass gives it back (0 to 3600000). A pass runs
+      on a heap's slow path, never on the free fast path. Each heap lengthens its delay, up to
+      16 times this, while it keeps taking back soon what its passes gave back
+      (``stats().os.purge_delay_ms`` shows the MEM/OBJ heap's delay in force).
     - ``retain_bytes``: empty pages a heap keeps committed for reuse after an automatic pass
       (an int, or a string such as ``"8 MiB"``).
 
