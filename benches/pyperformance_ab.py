@@ -38,6 +38,10 @@ CONFIGS = {
     # The purge policy's two knobs, each raised alone: which part of the purge costs a benchmark.
     "rustmalloc-delay1s": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": "1000"},
     "rustmalloc-retain256m": {"RUSTMALLOC": "1", "RUSTMALLOC_RETAIN_BYTES": str(256 << 20)},
+    # Another build of rustmalloc against this one (two commits side by side): a wheel built at
+    # the other commit, unpacked into the directory $RUSTMALLOC_OTHER_BUILD, comes first on the
+    # path (`maturin build --release -o W && python -m zipfile -e W/*.whl DIR`).
+    "rustmalloc-other": {"RUSTMALLOC": "1", "PYTHONPATH": os.environ.get("RUSTMALLOC_OTHER_BUILD", "")},
 }
 
 

@@ -256,6 +256,8 @@ def main() -> int:
     configs = a.configs.split(",")
     if len(configs) != 2 or any(c not in CONFIGS for c in configs):
         raise SystemExit(f"--configs: two of {', '.join(CONFIGS)}, comma-separated (the same one twice measures the method)")
+    if "rustmalloc-other" in configs and not os.path.isdir(os.environ.get("RUSTMALLOC_OTHER_BUILD", "")):
+        raise SystemExit("rustmalloc-other: set RUSTMALLOC_OTHER_BUILD to the directory of another build's unpacked wheel")
     if a.processes < 1 or a.pairs < 1 or a.target_ms <= 0:
         raise SystemExit("--processes and --pairs must be at least 1, --target-ms above 0")
     cpu = None if a.cpu is not None and a.cpu < 0 else a.cpu

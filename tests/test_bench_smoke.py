@@ -427,3 +427,16 @@ def test_pingpong_finds_the_script_of_a_benchmark_inside_another():
     assert mod.find_script(scripts, "async_tree_none") == ("a.py", ["none"])
     with pytest.raises(SystemExit, match="unknown benchmark 'nope'"):
         mod.find_script(scripts, "nope")
+
+
+def test_pingpong_refuses_the_other_build_without_its_directory(tmp_path):
+    """`--configs ...,rustmalloc-other` needs RUSTMALLOC_OTHER_BUILD; without it the run would
+    silently time this build twice."""
+    script = os.path.join(ROOT, "benches", "pyperformance_pingpong.py")
+    if not os.path.exists(script):
+        pytest.skip("benches/ is not here (not a source checkout)")
+    env = {k: v for k, v in os.environ.items() if k != "RUSTMALLOC_OTHER_BUILD"}
+    for extra in ({}, {"RUSTMALLOC_OTHER_BUILD": str(tmp_path / "missing")}):
+        p = subprocess.run([sys.executable, script, "--configs", "pymalloc,rustmalloc-other"],
+                           env=dict(env, **extra), capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "set RUSTMALLOC_OTHER_BUILD" in p.stderr, p.stderr

@@ -17,19 +17,20 @@ def test_installed_is_empty_before_install():
     """)
 
 
-def test_stats_before_install_raises_runtimeerror():
+@pytest.mark.parametrize("call", ["stats", "trim"])
+def test_calls_before_install_raise_runtimeerror(call):
     proc = run_python("""
         import rustmalloc
         try:
-            rustmalloc.stats()
+            rustmalloc.%s()
         except RuntimeError as e:
             print("MSG:", e)
         else:
-            raise AssertionError("stats() before install() did not raise")
+            raise AssertionError("%s() before install() did not raise")
         check(rustmalloc.installed() == ())
-    """)
+    """ % (call, call))
     msg = proc.stdout.split("MSG:", 1)[1]
-    assert "install" in msg, msg
+    assert "install()" in msg, msg
 
 
 @pytest.mark.parametrize("arg, expected", [

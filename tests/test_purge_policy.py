@@ -13,6 +13,23 @@ from helpers import run_python
 
 MIB = 1 << 20
 
+# Source for the scenarios: go on allocating a little (slow paths, where purge passes run) until
+# our resident memory falls below `limit` or `seconds` pass; returns the last reading.
+ALLOCATE_UNTIL_RESIDENT_BELOW = """
+import time
+def allocate_until_resident_below(limit, seconds):
+    junk = []
+    deadline = time.monotonic() + seconds
+    while True:
+        junk.append([str(i) for i in range(2000)])
+        if len(junk) > 20:
+            junk.clear()
+        time.sleep(0.005)
+        r = rustmalloc.stats().os.bytes_resident
+        if r < limit or time.monotonic() > deadline:
+            return r
+"""
+
 
 def test_configure_sets_and_validates():
     run_python("""
@@ -110,21 +127,10 @@ print("ok")
 """, timeout=120)
 
 
-def test_trim_before_install_is_refused():
-    proc = run_python("""
-import rustmalloc
-try:
-    rustmalloc.trim()
-except RuntimeError as e:
-    print("refused:", e)
-""")
-    assert "refused:" in proc.stdout and "install()" in proc.stdout, proc.stdout
-
-
 def test_automatic_purge_gives_back_a_dropped_structure():
     """With the default policy, memory a program drops comes back to the OS while it goes on
     allocating a little (no trim() call)."""
-    run_python("""
+    run_python(ALLOCATE_UNTIL_RESIDENT_BELOW + """
 import time
 import rustmalloc
 rustmalloc.install()
@@ -132,16 +138,7 @@ MIB = 1 << 20
 items = [(str(i) * 3, [i, i + 1]) for i in range(400_000)]
 r_built = rustmalloc.stats().os.bytes_resident
 del items
-deadline = time.monotonic() + 20
-junk = []
-while time.monotonic() < deadline:
-    junk.append([str(i) for i in range(2000)])   # slow paths, where passes run
-    if len(junk) > 20:
-        junk.clear()
-    time.sleep(0.005)
-    r = rustmalloc.stats().os.bytes_resident
-    if r < r_built // 4:
-        break
+r = allocate_until_resident_below(r_built // 4, 20)
 print("resident", r_built >> 20, "->", r >> 20, "MiB")
 check(r < r_built // 4, (r_built, r))
 print("ok")
@@ -154,7 +151,7 @@ def test_the_purge_delay_lengthens_for_a_program_that_comes_back_for_its_memory(
     again by the next round (refaults); the heap's delay then grows past the pause, the later
     rounds refault (almost) nothing, and memory still comes back within the longest delay once
     the program stops coming back for it."""
-    run_python("""
+    run_python(ALLOCATE_UNTIL_RESIDENT_BELOW + """
 import time
 import rustmalloc
 rustmalloc.install()
@@ -178,19 +175,11 @@ check(delays[-1] <= 16 * base, delays)
 check(sorted(refaults[-5:])[2] < max(refaults) // 4, "the last rounds still refault: %r" % refaults)
 
 # Stop coming back: the memory still returns, within the longest delay and a pass.
-junk = []
 items = [(str(i) * 3, [i, i + 1]) for i in range(300_000)]
 r_built = rustmalloc.stats().os.bytes_resident
 del items
 start = time.monotonic()
-while time.monotonic() - start < 16 * base / 1000 + 10:
-    junk.append([str(i) for i in range(2000)])
-    if len(junk) > 20:
-        junk.clear()
-    time.sleep(0.005)
-    r = rustmalloc.stats().os.bytes_resident
-    if r < r_built // 3:
-        break
+r = allocate_until_resident_below(r_built // 3, 16 * base / 1000 + 10)
 print("resident", r_built >> 20, "->", r >> 20, "MiB after %.1f s" % (time.monotonic() - start))
 check(r < r_built // 3, (r_built, r))
 check("taken again" in rustmalloc.format_stats())
