@@ -27,9 +27,10 @@ Writes a Markdown table to ``--out`` (default: print only).
 
 A caveat: each worker idles while its partner takes its turn, which back-to-back loops never
 do. Anything that acts on time passing rather than on work done sees that idle time: rustmalloc's
-purge gives back pages left free for its delay (250 ms), so a benchmark whose timings take longer
-than that faults in again pages it would have kept when run back-to-back. The page-fault column
-shows when this happens (async_tree_none: 10,526 faults per loop here, 8,481 back-to-back).
+purge gives back pages left free for its delay (250 ms, longer once a heap has adapted it), so
+a benchmark whose timings take longer than that may fault in again pages it would have kept when
+run back-to-back. The page-fault column shows when this happens (async_tree_none with the fixed
+delay before 2127d22: 10,526 faults per loop here, 8,481 back-to-back).
 """
 
 from __future__ import annotations

@@ -410,7 +410,8 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
                 if unpurge_page(page) {
                     let t = segment::touch_times(segment_of(page as *const u8));
                     let purged_ms = (*t).page[segment::page_index(page)];
-                    count_refault(h, os_pages * crate::os::page_size(), purged_ms);
+                    let bytes = os_pages * crate::os::page_size();
+                    count_refault(h, bytes, purged_ms, purge::now_ms());
                     return pop(h, page, class, domain);
                 }
             }
@@ -567,10 +568,8 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
     let mut seg = (*h).segments;
     while !seg.is_null() {
         let was_empty = (*seg).used_pages == 0;
-        let purged = (*seg).purged_pages;
-        let page = segment::take_pages(seg, count, kind);
+        let page = take_pages_from(h, seg, count, kind);
         if !page.is_null() {
-            count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
             if was_empty {
                 (*h).empty_segments -= 1;
             }
@@ -597,10 +596,24 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
         (*h).unmapped_bytes = (*h).unmapped_bytes.saturating_sub(SEGMENT_SIZE as u64);
     }
     segment_list_push(h, seg);
+    let page = take_pages_from(h, seg, count, kind);
+    debug_assert!(!page.is_null());
+    page
+}
+
+/// `segment::take_pages` from `seg`, counting the purged pages it takes as refaults.
+///
+/// # Safety
+/// As for `take_pages`; `seg` is a live `Pages` segment of `h`.
+unsafe fn take_pages_from(
+    h: *mut Heap,
+    seg: *mut SegmentHeader,
+    count: usize,
+    kind: PageKind,
+) -> *mut Page {
     let purged = (*seg).purged_pages;
     let page = segment::take_pages(seg, count, kind);
     count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
-    debug_assert!(!page.is_null());
     page
 }
 
@@ -1065,21 +1078,17 @@ unsafe fn maybe_purge(h: *mut Heap) {
 /// Whether memory given back at `purged_ms` and taken again at `now` was taken soon enough to
 /// count against the delay: within the longest delay, which would have kept it.
 fn refault_window(now: u64, purged_ms: u64) -> bool {
-    use core::sync::atomic::Ordering::Relaxed;
-    let longest = purge::PURGE_DELAY_MS
-        .load(Relaxed)
-        .saturating_mul(purge::MAX_DELAY_FACTOR);
-    purged_ms != 0 && now.saturating_sub(purged_ms) <= longest
+    purged_ms != 0 && now.saturating_sub(purged_ms) <= purge::longest_delay()
 }
 
 /// Count `bytes` of memory given back at `purged_ms` (0: by a trim) that `h` takes into use
-/// again (see `purge::adapt_delay`); the statistic counts them all.
+/// again at `now` (see `purge::adapt_delay`); the statistic counts them all.
 ///
 /// # Safety
 /// The caller is `h`'s owner.
-unsafe fn count_refault(h: *mut Heap, bytes: usize, purged_ms: u64) {
+unsafe fn count_refault(h: *mut Heap, bytes: usize, purged_ms: u64, now: u64) {
     purge::REFAULTED_BYTES.fetch_add(bytes as u64, core::sync::atomic::Ordering::Relaxed);
-    if refault_window(purge::now_ms(), purged_ms) {
+    if refault_window(now, purged_ms) {
         (*h).recent_refaulted += bytes as u64;
     }
 }
@@ -1089,11 +1098,14 @@ unsafe fn count_refault(h: *mut Heap, bytes: usize, purged_ms: u64) {
 /// # Safety
 /// The caller is `h`'s owner; `seg` is a live `Pages` segment.
 unsafe fn count_refaulted_pages(h: *mut Heap, seg: *mut SegmentHeader, mut taken: u64) {
-    let t = segment::touch_times(seg);
+    if taken == 0 {
+        return;
+    }
+    let (t, now) = (segment::touch_times(seg), purge::now_ms());
     while taken != 0 {
         let i = taken.trailing_zeros() as usize;
         taken &= taken - 1;
-        count_refault(h, PAGE_SIZE, (*t).page[i]);
+        count_refault(h, PAGE_SIZE, (*t).page[i], now);
     }
 }
 
@@ -1110,7 +1122,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     // purge delay (see `segment::TouchTimes`).
     let now = purge::now_ms();
     let age = match mode {
-        Mode::Auto => (*h).purge_delay_ms.max(purge::PURGE_DELAY_MS.load(Relaxed)),
+        Mode::Auto => purge::delay_in_force((*h).purge_delay_ms),
         Mode::Trim => 0,
     };
     // What an automatic pass gives back is stamped with its time: taken again soon, that is a

@@ -274,11 +274,7 @@ pub fn os_totals() -> OsTotals {
 /// # Safety
 /// The caller holds the GIL.
 pub unsafe fn gil_purge_delay_ms() -> u64 {
-    use core::sync::atomic::Ordering::Relaxed;
-    let base = purge::PURGE_DELAY_MS.load(Relaxed);
-    (*gil_heap())
-        .purge_delay_ms
-        .clamp(base, base.saturating_mul(purge::MAX_DELAY_FACTOR))
+    purge::delay_in_force((*gil_heap()).purge_delay_ms)
 }
 
 /// Count a free or realloc handed to the previous allocator (called by the hooks).

@@ -76,6 +76,19 @@ pub fn adapt_delay(current: u64, base: u64, purged: u64, refaulted: u64) -> (u64
     (next.clamp(base, max), decided)
 }
 
+/// The longest purge delay a heap can reach now: `MAX_DELAY_FACTOR * PURGE_DELAY_MS`.
+pub fn longest_delay() -> u64 {
+    PURGE_DELAY_MS
+        .load(Relaxed)
+        .saturating_mul(MAX_DELAY_FACTOR)
+}
+
+/// The delay a heap whose adapted delay is `current` works with now: within the configured
+/// delay and `longest_delay()` (0, before a heap's first pass, reads as the configured delay).
+pub fn delay_in_force(current: u64) -> u64 {
+    current.clamp(PURGE_DELAY_MS.load(Relaxed), longest_delay())
+}
+
 /// Milliseconds on a coarse monotonic clock (a vDSO read, no system call).
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {

@@ -1035,8 +1035,9 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
         blocks
     };
     unsafe {
-        (*h).next_purge_ms = u64::MAX; // no automatic pass but the test's own
-                                       // One survivor keeps the segment mapped: its empty pages are decommitted, not unmapped.
+        // No automatic pass but the test's own.
+        (*h).next_purge_ms = u64::MAX;
+        // One survivor keeps the segment mapped: its empty pages are decommitted, not unmapped.
         let survivor = heap::alloc(h, 1024, 1);
         for p in round(h, pages * per_page) {
             heap::free(h, p);
