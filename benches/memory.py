@@ -5,10 +5,14 @@
 Each configuration runs each scenario in a fresh interpreter; RSS is the process's own VmRSS.
 1. "drop": build ~800 MB of small objects (1.5 million dicts, each holding a str, a tuple and a
    short list), keep one item in 100 (then one in 1000) scattered through the heap, drop the
-   rest, gc.collect(), read RSS; then (rustmalloc) either trim() or nothing but one more second
-   of allocation (the automatic policy), and read RSS again.
+   rest, gc.collect(), read RSS; then (rustmalloc+trim) trim(), or (every other configuration)
+   two seconds of waiting without allocating (RSS read again: what the program keeps while it
+   waits) and one more second of allocation (the automatic policy), and read RSS again.
 2. "server": a loop of requests that each allocate and drop mixed-size objects while a slowly
    changing set of 20,000 entries survives; RSS sampled over time (plotted).
+Configurations: pymalloc, glibc, jemalloc and mimalloc where installed, rustmalloc,
+rustmalloc-noidle (RUSTMALLOC_IDLE_PURGE=0: without the idle purger thread; drop scenario only)
+and rustmalloc+trim (drop scenario only).
 Results: <out>/memory.md (table, ratios to pymalloc) and <out>/memory_server.png.
 """
 
@@ -61,6 +65,10 @@ if scenario == "drop":
     if config == "rustmalloc+trim":
         rustmalloc.trim()
     else:
+        # First wait without allocating, as a service between requests does (only a thread of
+        # the allocator's own, such as rustmalloc's idle purger, can give memory back then).
+        time.sleep(2.0)
+        out["idle"] = rss_mb()
         # Go on allocating for a second, as a program does (it drives automatic policies).
         t = time.time()
         junk = []
@@ -100,7 +108,8 @@ def configurations():
             configs.append((name, {"PYTHONMALLOC": "malloc", "LD_PRELOAD": path}))
         else:
             notes.append(f"{name}: not installed (apt-get install lib{name}...), skipped")
-    configs += [("rustmalloc", {}), ("rustmalloc+trim", {})]
+    configs += [("rustmalloc", {}), ("rustmalloc-noidle", {"RUSTMALLOC_IDLE_PURGE": "0"}),
+                ("rustmalloc+trim", {})]
     return configs, notes
 
 
@@ -143,7 +152,7 @@ def main():
             print(f"drop 1/{every} {name}: {drop[(name, every)]}", flush=True)
     server = {}
     for name, env in configs:
-        if name == "rustmalloc+trim":
+        if name in ("rustmalloc+trim", "rustmalloc-noidle"):
             continue
         server[name] = run(name, env, "server", n_requests)
         print(f"server {name}: final {server[name]['final']:.0f} MB, peak {server[name]['peak']:.0f} MB", flush=True)
@@ -156,18 +165,21 @@ def main():
         "",
         f"## 1. Build {n_items:,} dicts (str, tuple, list each), keep 1 in N, drop the rest, gc.collect()",
         "",
-        "`after`: rustmalloc+trim after `rustmalloc.trim()`; every other configuration after one more "
-        "second of allocation (what drives automatic policies, rustmalloc's included).",
+        "`idle`: after two seconds of waiting without allocating (a service between requests; "
+        "rustmalloc's idle purger acts then). `after`: rustmalloc+trim after `rustmalloc.trim()`; "
+        "every other configuration after one more second of allocation (what drives automatic "
+        "policies, rustmalloc's included).",
         "",
-        "| configuration | N | built | after drop + gc | after | after / pymalloc's after |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | N | built | after drop + gc | idle 2 s | after | after / pymalloc's after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for every in (100, 1000):
         base = drop[("pymalloc", every)]["after"]
         for name, _ in configs:
             r = drop[(name, every)]
-            lines.append(f"| {name} | {every} | {r['built']:.0f} | {r['dropped']:.0f} | {r['after']:.0f} | "
-                         f"{r['after'] / base:.2f} |")
+            idle = f"{r['idle']:.0f}" if "idle" in r else "–"
+            lines.append(f"| {name} | {every} | {r['built']:.0f} | {r['dropped']:.0f} | {idle} | "
+                         f"{r['after']:.0f} | {r['after'] / base:.2f} |")
     lines += [
         "",
         f"## 2. Server-like loop: {n_requests:,} requests, a slowly changing set of 20,000 survivors",

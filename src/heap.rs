@@ -106,6 +106,11 @@ pub struct Heap {
     /// count as refaults as they are taken, see `take_pages`).
     pub unmapped_bytes: u64,
     pub unmapped_ms: u64,
+    /// When the last purge pass (automatic or trim) ran; and, for the idle purger
+    /// (`idle_look`), the heap's free count at its last look and when a look last saw it move.
+    pub last_pass_ms: u64,
+    pub idle_frees_seen: u64,
+    pub idle_active_ms: u64,
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     /// Written by other threads (see `CacheLine`).
     pub remote: CacheLine<AtomicPtr<u8>>,
@@ -137,6 +142,9 @@ impl Heap {
             recent_refaulted: 0,
             unmapped_bytes: 0,
             unmapped_ms: 0,
+            last_pass_ms: 0,
+            idle_frees_seen: 0,
+            idle_active_ms: 0,
             remote: CacheLine(AtomicPtr::new(null_mut())),
             owner_tp: CacheLine(AtomicUsize::new(0)),
         }
@@ -1059,20 +1067,66 @@ unsafe fn maybe_purge(h: *mut Heap) {
     }
     let now = purge::now_ms();
     if now >= (*h).next_purge_ms {
-        let base = purge::PURGE_DELAY_MS.load(Relaxed);
-        let (purged, refaulted) = ((*h).recent_purged, (*h).recent_refaulted);
-        let (delay, decided) = purge::adapt_delay((*h).purge_delay_ms, base, purged, refaulted);
-        (*h).purge_delay_ms = delay;
-        ((*h).recent_purged, (*h).recent_refaulted) = if decided {
-            (0, 0)
-        } else {
-            (purged / 2, refaulted / 2)
-        };
-        if (*h).next_purge_ms != 0 {
-            purge(h, Mode::Auto);
-        }
-        (*h).next_purge_ms = now + (*h).purge_delay_ms;
+        auto_pass(h, now);
     }
+}
+
+/// The automatic pass that is due at `now` (from a slow path, or the idle purger): judge the
+/// delay (`purge::adapt_delay`), run the pass (none at a heap's first look, which only sets the
+/// clock going), and schedule the next.
+///
+/// # Safety
+/// The caller is `h`'s owner.
+unsafe fn auto_pass(h: *mut Heap, now: u64) {
+    let base = purge::PURGE_DELAY_MS.load(core::sync::atomic::Ordering::Relaxed);
+    let (purged, refaulted) = ((*h).recent_purged, (*h).recent_refaulted);
+    let (delay, decided) = purge::adapt_delay((*h).purge_delay_ms, base, purged, refaulted);
+    (*h).purge_delay_ms = delay;
+    ((*h).recent_purged, (*h).recent_refaulted) = if decided {
+        (0, 0)
+    } else {
+        (purged / 2, refaulted / 2)
+    };
+    if (*h).next_purge_ms != 0 {
+        purge(h, Mode::Auto);
+    }
+    (*h).next_purge_ms = now + (*h).purge_delay_ms;
+}
+
+/// The idle purger's look at heap `h` at `now` (see `purge`'s module doc, "When idle"): the
+/// automatic pass a slow path would run if one came, run if it is due and the heap may still hold
+/// memory to give back — it freed something (or others freed into it) after its last pass came
+/// a delay after. A program that drops a structure and then waits (a service between requests)
+/// takes no slow path, so without this its free memory would stay until its next allocation
+/// burst. Returns the milliseconds until the heap wants another look, or `None` while it has
+/// nothing more to give back (a new free changes that).
+///
+/// # Safety
+/// The caller is `h`'s owner.
+pub unsafe fn idle_look(h: *mut Heap, now: u64) -> Option<u64> {
+    use core::sync::atomic::Ordering::Relaxed;
+    let frees = (*h).counters.frees_total();
+    if frees != (*h).idle_frees_seen || !(*h).remote.load(Relaxed).is_null() {
+        (*h).idle_frees_seen = frees;
+        (*h).idle_active_ms = now;
+    }
+    // Everything freed before `idle_active_ms` was old enough for the last pass to give back
+    // (what it keeps on purpose aside: `retain_bytes`, a few empty segments, the page each
+    // queue allocates from).
+    let settled = |h: *mut Heap| {
+        (*h).idle_active_ms == 0
+            || (*h).last_pass_ms >= (*h).idle_active_ms + purge::delay_in_force((*h).purge_delay_ms)
+    };
+    if !purge::ENABLED.load(Relaxed) || settled(h) {
+        return None;
+    }
+    if now >= (*h).next_purge_ms {
+        auto_pass(h, now);
+        if settled(h) {
+            return None;
+        }
+    }
+    Some((*h).next_purge_ms.saturating_sub(now).max(1))
 }
 
 /// Whether memory given back at `purged_ms` and taken again at `now` was taken soon enough to
@@ -1194,6 +1248,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     if mode == Mode::Auto {
         (*h).recent_purged += bytes as u64;
     }
+    (*h).last_pass_ms = now;
     bytes
 }
 

@@ -213,6 +213,19 @@ pub unsafe fn trim() -> usize {
     bytes + heap::purge(h, purge::Mode::Trim)
 }
 
+/// The idle purger's tick (see `purge`'s module doc, "When idle"): a look at the MEM/OBJ heap
+/// and at the abandoned RAW heaps, each running the automatic pass a slow path would run now if
+/// it is due and the heap may still hold memory to give back. Returns the milliseconds until one
+/// of them wants another look, or `None` while none has anything more to give back.
+///
+/// # Safety
+/// The caller holds the GIL.
+pub unsafe fn idle_tick() -> Option<u64> {
+    let now = purge::now_ms();
+    let gil = heap::idle_look(gil_heap(), now);
+    purge::sooner(gil, raw_heap::idle_look_abandoned(now))
+}
+
 /// After the OS refused a mapping to heap `h`: give back what other heaps hold that this thread
 /// may touch. From the GIL heap (the GIL is held) that is the calling thread's RAW heap and the
 /// abandoned ones (`raw_heap::trim`, which also asks live heaps to purge soon); from a RAW heap,

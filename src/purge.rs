@@ -21,6 +21,17 @@
 //! nothing, on the GIL heap and on abandoned RAW heaps, and asks every live RAW heap to run one
 //! on its next slow path.
 //!
+//! When idle: a program that drops a large structure and then waits (a service between
+//! requests, a pipeline between batches) takes no slow path, so no pass would run and its free
+//! memory would stay resident until its next allocation burst. So while `IDLE_PURGE` is on, the
+//! Python layer runs an *idle purger*: a thread (started by `install()`, and again in the child
+//! of a fork) that takes the GIL now and then for a tick (`crate::idle_tick`). A tick looks at the
+//! MEM/OBJ heap and at the abandoned RAW heaps of exited threads (`heap::idle_look`) and runs the
+//! pass a slow path would run if one came: only when one is due by the heap's own delay, and only
+//! while the heap freed something whose memory its last pass could not yet give back. A heap with
+//! nothing more to give back costs a look of a few hundred loads about once a second; live RAW
+//! heaps of other threads are theirs alone and purge on their own slow paths.
+//!
 //! The delay adapts, per heap (`adapt_delay`): `purge_delay_ms` is the shortest. Memory given
 //! back and then taken into use again soon after (a *refault*: a purged page or OS page reused)
 //! cost an `madvise` call and a page fault per OS page for nothing; a program that does that
@@ -38,6 +49,8 @@ pub static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(250);
 pub static RETAIN_BYTES: AtomicU64 = AtomicU64::new(4 << 20);
 /// Automatic purging on or off (`trim()` works either way).
 pub static ENABLED: AtomicBool = AtomicBool::new(true);
+/// The idle purger on or off (see the module doc; `configure(idle_purge=...)`).
+pub static IDLE_PURGE: AtomicBool = AtomicBool::new(true);
 /// Bumped by `trim()`: a heap that sees a new value purges on its next slow path.
 pub static TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Bytes given back by purge passes (decommitted or unmapped), for the statistics.
@@ -87,6 +100,14 @@ pub fn longest_delay() -> u64 {
 /// delay and `longest_delay()` (0, before a heap's first pass, reads as the configured delay).
 pub fn delay_in_force(current: u64) -> u64 {
     current.clamp(PURGE_DELAY_MS.load(Relaxed), longest_delay())
+}
+
+/// The sooner of two "look again in so many ms" answers (`None`: no need to look again).
+pub fn sooner(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Milliseconds on a coarse monotonic clock (a vDSO read, no system call).

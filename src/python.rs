@@ -734,6 +734,63 @@ fn _configure(enabled: bool, delay_ms: u64, retain_bytes: u64) {
     crate::purge::configure(enabled, delay_ms, retain_bytes);
 }
 
+/// Whether an idle purger thread is running in this process (see `_idle_purger_claim`).
+static IDLE_PURGER_RUNNING: AtomicBool = AtomicBool::new(false);
+/// The longest and shortest sleep between two idle ticks, in ms: a heap with nothing to give
+/// back is looked at again after the longest (a new free is seen then).
+const IDLE_TICK_MAX_MS: u64 = 1000;
+const IDLE_TICK_MIN_MS: u64 = 10;
+
+/// One tick of the idle purger thread (`rustmalloc._idle`): returns the seconds to sleep
+/// before the next, or 0 when the thread should end (the idle purger was turned off, or nothing
+/// is installed), marking it ended in the same call, under the GIL, so a `configure()` that
+/// turns it on again never finds a thread that is about to end.
+#[pyfunction]
+fn _idle_tick(_py: Python<'_>) -> f64 {
+    if !crate::purge::IDLE_PURGE.load(Relaxed) || INSTALLED.load(Relaxed) == 0 {
+        IDLE_PURGER_RUNNING.store(false, Relaxed);
+        return 0.0;
+    }
+    // SAFETY: `Python<'_>` proves the GIL is held.
+    let wait = crate::no_unwind(None, || unsafe { crate::idle_tick() });
+    wait.unwrap_or(IDLE_TICK_MAX_MS)
+        .clamp(IDLE_TICK_MIN_MS, IDLE_TICK_MAX_MS) as f64
+        / 1000.0
+}
+
+/// True if the caller should start the idle purger thread: it is on and none runs (then one is
+/// counted as running). Under the GIL, as every change to the flag.
+#[pyfunction]
+fn _idle_purger_claim(_py: Python<'_>) -> bool {
+    if crate::purge::IDLE_PURGE.load(Relaxed) && !IDLE_PURGER_RUNNING.load(Relaxed) {
+        IDLE_PURGER_RUNNING.store(true, Relaxed);
+        true
+    } else {
+        false
+    }
+}
+
+/// No idle purger thread runs (the child of a fork, where it did not survive; or it ended).
+#[pyfunction]
+fn _idle_purger_gone(_py: Python<'_>) {
+    IDLE_PURGER_RUNNING.store(false, Relaxed);
+}
+
+/// (idle purger on, an idle purger thread running)
+#[pyfunction]
+fn _idle_purge_state(_py: Python<'_>) -> (bool, bool) {
+    (
+        crate::purge::IDLE_PURGE.load(Relaxed),
+        IDLE_PURGER_RUNNING.load(Relaxed),
+    )
+}
+
+/// Turn the idle purger on or off (the Python wrapper starts the thread).
+#[pyfunction]
+fn _set_idle_purge(on: bool) {
+    crate::purge::IDLE_PURGE.store(on, Relaxed);
+}
+
 /// (automatic purging on, purge delay in ms, bytes retained per heap, bytes purged so far)
 #[pyfunction]
 fn _purge_settings() -> (bool, u64, u64, u64) {
@@ -783,6 +840,11 @@ fn _check_heaps(_py: Python<'_>) {
 fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_install, m)?)?;
     m.add_function(wrap_pyfunction!(_installed_mask, m)?)?;
+    m.add_function(wrap_pyfunction!(_idle_tick, m)?)?;
+    m.add_function(wrap_pyfunction!(_idle_purger_claim, m)?)?;
+    m.add_function(wrap_pyfunction!(_idle_purger_gone, m)?)?;
+    m.add_function(wrap_pyfunction!(_idle_purge_state, m)?)?;
+    m.add_function(wrap_pyfunction!(_set_idle_purge, m)?)?;
     m.add_function(wrap_pyfunction!(_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(_track_totals, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_peak, m)?)?;

@@ -100,6 +100,14 @@ impl Counters {
         &*(self.frees.as_ptr() as *const Counter).add(index)
     }
 
+    /// Blocks this heap freed, all domains and classes together (it moves on every free).
+    pub fn frees_total(&self) -> u64 {
+        self.frees
+            .iter()
+            .flatten()
+            .fold(0u64, |sum, c| sum.wrapping_add(c.get()))
+    }
+
     /// Bytes live in `domain` by this heap's counters (allocated minus freed; "negative", as a
     /// wrapped u64, when it freed more of others' blocks than it allocated).
     pub fn live(&self, domain: usize) -> u64 {

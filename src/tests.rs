@@ -928,6 +928,80 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
     purge::configure(enabled, delay, retain);
 }
 
+/// The idle purger's look (`heap::idle_look`) runs the automatic pass a slow path would run
+/// for a heap that freed a structure and then takes no slow path: looking again when it asks,
+/// it gives the free pages back once they have aged, then says it has nothing more to give back
+/// and runs no pass until the heap frees something again; nothing at all with purging off.
+#[test]
+fn the_idle_look_gives_back_what_a_waiting_heap_freed() {
+    use std::time::{Duration, Instant};
+    let _g = serial();
+    let (enabled, delay, retain) = purge::settings();
+    purge::configure(true, 100, 0);
+    let h = private_heap();
+    let free_dirty = |h: *mut heap::Heap| unsafe {
+        let (mut seg, mut n) = ((*h).segments, 0);
+        while !seg.is_null() {
+            n += ((*seg).dirty_pages & (*seg).free_pages).count_ones();
+            seg = (*seg).next;
+        }
+        n
+    };
+    let looks_until_settled = |h: *mut heap::Heap| unsafe {
+        let start = Instant::now();
+        let mut looks = 0;
+        while let Some(ms) = heap::idle_look(h, purge::now_ms()) {
+            assert!(ms <= 16 * 100, "a look asked for {ms} ms");
+            looks += 1;
+            assert!(start.elapsed() < Duration::from_secs(10), "never settled");
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        looks
+    };
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..40 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
+        for &p in &blocks {
+            *p = 1; // fault the page in
+        }
+        assert_eq!(
+            heap::idle_look(h, purge::now_ms()),
+            None,
+            "nothing freed yet"
+        );
+        for &p in &blocks {
+            heap::free(h, p);
+        }
+        assert!(free_dirty(h) >= 38, "the freed pages are still resident");
+        assert!(looks_until_settled(h) >= 1);
+        assert_eq!(free_dirty(h), 0, "every free page was given back");
+        heap::check_invariants(h);
+        // Settled: later looks run no pass until the heap frees again.
+        let last = (*h).last_pass_ms;
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(heap::idle_look(h, purge::now_ms()), None);
+        assert_eq!((*h).last_pass_ms, last, "a settled heap gets no pass");
+        let again: Vec<*mut u8> = (0..20 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
+        for &p in &again {
+            *p = 1;
+        }
+        for &p in &again {
+            heap::free(h, p);
+        }
+        purge::configure(false, 100, 0);
+        assert_eq!(
+            heap::idle_look(h, purge::now_ms()),
+            None,
+            "purging off: no look"
+        );
+        assert!(free_dirty(h) >= 18);
+        purge::configure(true, 100, 0);
+        assert!(looks_until_settled(h) >= 1, "a new free: looks again");
+        assert_eq!(free_dirty(h), 0);
+        heap::check_invariants(h);
+    }
+    purge::configure(enabled, delay, retain);
+}
+
 /// Before faulting a purged page's blocks in again, allocation takes the queue's last page if
 /// it has free blocks in memory (where pages that got blocks back join): a program that goes on
 /// allocating a little after a large structure was dropped and purged reuses what it frees

@@ -1,5 +1,5 @@
-"""The purge policy as users drive it: configure(), the RUSTMALLOC_* variables, trim(), and the
-automatic purge's adaptive delay.
+"""The purge policy as users drive it: configure(), the RUSTMALLOC_* variables, trim(), the
+automatic purge's adaptive delay, and the idle purger.
 
 Memory figures are our own (stats().os: bytes_resident is measured with mincore() over our
 segments), so other allocators' memory in the process does not blur them. Nothing here asserts on
@@ -37,9 +37,11 @@ import rustmalloc
 rustmalloc.install()
 from rustmalloc._config import settings
 default = settings()
-check(default == {"purge": True, "purge_delay_ms": 250, "retain_bytes": 4 * 1024 * 1024}, default)
+check(default == {"purge": True, "purge_delay_ms": 250, "retain_bytes": 4 * 1024 * 1024,
+                  "idle_purge": True}, default)
 now = rustmalloc.configure(purge_delay_ms=100, retain_bytes="8 MiB")
-check(now == {"purge": True, "purge_delay_ms": 100, "retain_bytes": 8 * 1024 * 1024}, now)
+check(now == {"purge": True, "purge_delay_ms": 100, "retain_bytes": 8 * 1024 * 1024,
+              "idle_purge": True}, now)
 check(rustmalloc.configure(purge=False)["purge"] is False)
 check(rustmalloc.configure() == settings())
 
@@ -59,6 +61,7 @@ refused({"purge_delay_ms": 3_600_001}, ValueError, ["purge_delay_ms"])
 refused({"purge_delay_ms": 1.5}, TypeError, ["purge_delay_ms", "int"])
 refused({"purge_delay_ms": True}, TypeError, ["purge_delay_ms"])
 refused({"purge": 1}, TypeError, ["purge", "True or False"])
+refused({"idle_purge": "no"}, TypeError, ["idle_purge", "True or False"])
 refused({"retain_bytes": "lots"}, ValueError, ["retain_bytes", "'24 MB'"])
 refused({"retain_bytes": -5}, ValueError, ["retain_bytes", "negative"])
 refused({"retain_bytes": 2.0}, TypeError, ["retain_bytes"])
@@ -71,6 +74,7 @@ print("ok")
     ("RUSTMALLOC_PURGE_DELAY_MS", "soon", ["RUSTMALLOC_PURGE_DELAY_MS", "whole number of milliseconds"]),
     ("RUSTMALLOC_PURGE", "maybe", ["RUSTMALLOC_PURGE", "1 (on) or 0 (off)"]),
     ("RUSTMALLOC_RETAIN_BYTES", "12 parsecs", ["RUSTMALLOC_*", "retain_bytes"]),
+    ("RUSTMALLOC_IDLE_PURGE", "sometimes", ["RUSTMALLOC_IDLE_PURGE", "1 (on) or 0 (off)"]),
 ])
 def test_a_bad_environment_setting_is_refused_at_install(var, value, words):
     """A bad RUSTMALLOC_* value fails install() with a message naming it; nothing is installed."""
@@ -93,10 +97,12 @@ def test_environment_settings_apply_at_install():
 import rustmalloc
 rustmalloc.install()
 from rustmalloc._config import settings
-check(settings() == {"purge": False, "purge_delay_ms": 1000, "retain_bytes": 1536}, settings())
+check(settings() == {"purge": False, "purge_delay_ms": 1000, "retain_bytes": 1536,
+                     "idle_purge": False}, settings())
+check(rustmalloc._rustmalloc._idle_purge_state() == (False, False), "no idle purger thread")
 print("ok")
 """, extra_env={"RUSTMALLOC_PURGE": "0", "RUSTMALLOC_PURGE_DELAY_MS": "1000",
-                 "RUSTMALLOC_RETAIN_BYTES": "1.5KiB"})
+                 "RUSTMALLOC_RETAIN_BYTES": "1.5KiB", "RUSTMALLOC_IDLE_PURGE": "0"})
 
 
 def test_trim_gives_back_a_dropped_structure():
@@ -185,3 +191,138 @@ check(r < r_built // 3, (r_built, r))
 check("taken again" in rustmalloc.format_stats())
 print("ok")
 """, timeout=180)
+
+
+# Source for the idle purger scenarios: build a structure, drop it, then wait without allocating
+# (a service between requests) and read the process's RSS (VmRSS) before and after.
+BUILD_DROP_WAIT = """
+import gc, time
+def rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) >> 10
+def build_drop_wait(seconds):
+    items = [{"s": str(i), "t": (i, i + 1)} for i in range(600_000)]
+    built = rss_mib()
+    del items
+    gc.collect()
+    dropped = rss_mib()
+    time.sleep(seconds)
+    return built, dropped, rss_mib()
+"""
+
+
+@pytest.mark.parametrize("idle_purge", [True, False])
+def test_the_idle_purger_gives_back_memory_while_the_program_waits(idle_purge):
+    """A program that drops a structure and then only waits takes no allocation slow path, where
+    the automatic purge runs: the idle purger gives the memory back anyway, within a few purge
+    delays. Turned off, the same program keeps it (so this scenario does measure the purger)."""
+    proc = run_python(BUILD_DROP_WAIT + """
+import rustmalloc
+rustmalloc.install()
+rustmalloc.configure(idle_purge=%r)
+built, dropped, waited = build_drop_wait(3.0)
+print("RSS MiB built", built, "dropped", dropped, "after 3 s", waited)
+check(built > 150, built)
+if %r:
+    check(waited < built // 3, (built, dropped, waited))
+else:
+    check(waited > built * 3 // 4, (built, dropped, waited))
+print("ok")
+""" % (idle_purge, idle_purge), timeout=120)
+    assert "ok" in proc.stdout
+
+
+def test_the_idle_purger_thread_ends_and_starts_again_with_configure():
+    """configure(idle_purge=False) ends the thread at its next tick; True starts one again; the
+    thread is not one of threading's, and purge=False makes it give nothing back."""
+    run_python(BUILD_DROP_WAIT + """
+import threading, time
+import rustmalloc
+from rustmalloc import _rustmalloc as ext
+check(ext._idle_purge_state() == (True, False), "no thread before install()")
+rustmalloc.install()
+check(ext._idle_purge_state() == (True, True), ext._idle_purge_state())
+check(threading.active_count() == 1, threading.enumerate())
+
+def wait_for(state):
+    deadline = time.monotonic() + 5
+    while ext._idle_purge_state() != state:
+        check(time.monotonic() < deadline, (state, ext._idle_purge_state()))
+        time.sleep(0.05)
+
+rustmalloc.configure(idle_purge=False)
+wait_for((False, False))                     # ended at its next tick (at most a second)
+rustmalloc.configure(idle_purge=True)
+check(ext._idle_purge_state() == (True, True))
+rustmalloc.configure(idle_purge=True)        # idempotent: still one thread
+rustmalloc.configure(purge=False)            # the automatic policy off: nothing given back
+built, dropped, waited = build_drop_wait(2.0)
+print("purge off: RSS MiB", built, dropped, waited)
+check(waited > built * 3 // 4, (built, waited))
+rustmalloc.configure(purge=True)
+time.sleep(3.0)
+print("purge on again:", rss_mib())
+check(rss_mib() < built // 3, (built, rss_mib()))
+print("ok")
+""", timeout=120)
+
+
+def test_the_child_of_a_fork_gets_an_idle_purger_of_its_own():
+    """The thread does not survive a fork: the child starts its own, which gives back what the
+    child drops while it waits."""
+    run_python(BUILD_DROP_WAIT + """
+import os
+import rustmalloc
+from rustmalloc import _rustmalloc as ext
+rustmalloc.install()
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        running = ext._idle_purge_state()
+        built, dropped, waited = build_drop_wait(3.0)
+        print("child: purger", running, "RSS MiB", built, dropped, waited, flush=True)
+        code = 0 if running == (True, True) and waited < built // 3 else 3
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+check(os.waitstatus_to_exitcode(status) == 0, status)
+print("ok")
+""", timeout=120)
+
+
+def test_the_idle_purger_gives_back_an_exited_threads_heap():
+    """An exited thread's RAW heap takes no slow path until another thread adopts it: the idle
+    purger gives its free memory back. Measured in our own resident bytes (stats().os)."""
+    run_python("""
+import threading, time
+import rustmalloc
+rustmalloc.install()
+MIB = 1 << 20
+raw = RAW_NOGIL
+
+def work():
+    blocks = [raw.malloc(16_000) for _ in range(8000)]      # about 128 MB of RAW blocks
+    for b in blocks:
+        ctypes.memset(b, 1, 16_000)
+    for b in blocks:
+        raw.free(b)
+
+before = rustmalloc.stats().os.bytes_resident
+t = threading.Thread(target=work)
+t.start()
+t.join()
+after_exit = rustmalloc.stats().os.bytes_resident
+deadline = time.monotonic() + 6
+while time.monotonic() < deadline:
+    time.sleep(0.5)
+    now = rustmalloc.stats().os.bytes_resident
+    if now < before + 16 * MIB:
+        break
+print("resident MiB before", before >> 20, "after the thread", after_exit >> 20, "later", now >> 20)
+check(after_exit > before + 64 * MIB, (before, after_exit))
+check(now < before + 16 * MIB, (before, after_exit, now))
+print("ok")
+""", timeout=120)

@@ -192,6 +192,10 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: int)
     finally:
         if tracing:
             _tracemalloc.start(limit)
+    if not forward_only:
+        from . import _idle
+
+        _idle.start()
 
 
 def _environ() -> "dict":

@@ -38,9 +38,10 @@ def parse_size(value: Union[int, str], what: str = "size") -> int:
 
 
 def settings() -> dict:
-    """The purge policy in force: ``purge``, ``purge_delay_ms``, ``retain_bytes``."""
+    """The purge policy in force: ``purge``, ``purge_delay_ms``, ``retain_bytes``, ``idle_purge``."""
     enabled, delay, retain, _ = _ext._purge_settings()
-    return {"purge": enabled, "purge_delay_ms": delay, "retain_bytes": retain}
+    idle, _running = _ext._idle_purge_state()
+    return {"purge": enabled, "purge_delay_ms": delay, "retain_bytes": retain, "idle_purge": idle}
 
 
 def configure(
@@ -48,6 +49,7 @@ def configure(
     purge: Optional[bool] = None,
     purge_delay_ms: Optional[int] = None,
     retain_bytes: Union[int, str, None] = None,
+    idle_purge: Optional[bool] = None,
 ) -> dict:
     """Set the policy for giving memory back to the OS; returns the settings now in force.
 
@@ -59,9 +61,14 @@ def configure(
       (``stats().os.purge_delay_ms`` shows the MEM/OBJ heap's delay in force).
     - ``retain_bytes``: empty pages a heap keeps committed for reuse after an automatic pass
       (an int, or a string such as ``"8 MiB"``).
+    - ``idle_purge``: the idle purger on or off: a thread that runs the automatic passes while
+      the program makes no allocation (a service waiting between requests), so memory it dropped
+      goes back without waiting for its next allocation burst. On by default; it only gives back
+      what the automatic policy would (``purge=False`` stops it too).
 
-    The environment variables ``RUSTMALLOC_PURGE`` (0 or 1), ``RUSTMALLOC_PURGE_DELAY_MS`` and
-    ``RUSTMALLOC_RETAIN_BYTES`` set the same at ``install()``.
+    The environment variables ``RUSTMALLOC_PURGE`` (0 or 1), ``RUSTMALLOC_PURGE_DELAY_MS``,
+    ``RUSTMALLOC_RETAIN_BYTES`` and ``RUSTMALLOC_IDLE_PURGE`` (0 or 1) set the same at
+    ``install()``.
     """
     now = settings()
     if purge is not None:
@@ -76,20 +83,30 @@ def configure(
         now["purge_delay_ms"] = purge_delay_ms
     if retain_bytes is not None:
         now["retain_bytes"] = parse_size(retain_bytes, "retain_bytes")
+    if idle_purge is not None:
+        if not isinstance(idle_purge, bool):
+            raise TypeError(f"idle_purge must be True or False, not {idle_purge!r}")
+        now["idle_purge"] = idle_purge
     _ext._configure(now["purge"], now["purge_delay_ms"], now["retain_bytes"])
+    _ext._set_idle_purge(now["idle_purge"])
+    if now["idle_purge"] and _ext._installed_mask():
+        from . import _idle
+
+        _idle.start()
     return settings()
 
 
 def configure_from_environment(environ: Optional[dict] = None) -> None:
-    """Apply ``RUSTMALLOC_PURGE``, ``RUSTMALLOC_PURGE_DELAY_MS`` and ``RUSTMALLOC_RETAIN_BYTES``;
-    a bad value raises ValueError naming the variable."""
+    """Apply ``RUSTMALLOC_PURGE``, ``RUSTMALLOC_PURGE_DELAY_MS``, ``RUSTMALLOC_RETAIN_BYTES`` and
+    ``RUSTMALLOC_IDLE_PURGE``; a bad value raises ValueError naming the variable."""
     env = os.environ if environ is None else environ
     kwargs: dict = {}
-    if "RUSTMALLOC_PURGE" in env:
-        value = env["RUSTMALLOC_PURGE"].strip().lower()
-        if value not in ("0", "1", "true", "false", "on", "off"):
-            raise ValueError(f"RUSTMALLOC_PURGE={env['RUSTMALLOC_PURGE']!r}: use 1 (on) or 0 (off)")
-        kwargs["purge"] = value in ("1", "true", "on")
+    for name, key in (("RUSTMALLOC_PURGE", "purge"), ("RUSTMALLOC_IDLE_PURGE", "idle_purge")):
+        if name in env:
+            value = env[name].strip().lower()
+            if value not in ("0", "1", "true", "false", "on", "off"):
+                raise ValueError(f"{name}={env[name]!r}: use 1 (on) or 0 (off)")
+            kwargs[key] = value in ("1", "true", "on")
     if "RUSTMALLOC_PURGE_DELAY_MS" in env:
         raw = env["RUSTMALLOC_PURGE_DELAY_MS"].strip()
         if not raw.isdigit():
