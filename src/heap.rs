@@ -106,11 +106,16 @@ pub struct Heap {
     /// count as refaults as they are taken, see `take_pages`).
     pub unmapped_bytes: u64,
     pub unmapped_ms: u64,
-    /// When the last purge pass (automatic or trim) ran; and, for the idle purger
-    /// (`idle_look`), the heap's free count at its last look and when a look last saw it move.
-    pub last_pass_ms: u64,
+    /// What the last purge pass could give back: memory freed before this time (an automatic
+    /// pass's time less its delay; a trim's time). For the idle purger (`idle_look`), with the
+    /// heap's frees and collected remote frees at its last look, and when a look last saw
+    /// them move.
+    pub purged_before_ms: u64,
     pub idle_frees_seen: u64,
     pub idle_active_ms: u64,
+    /// Blocks taken off `remote` (`collect_remote`): frees of this heap's blocks by others,
+    /// which count on the freeing heap, not here.
+    pub remote_collected: u64,
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     /// Written by other threads (see `CacheLine`).
     pub remote: CacheLine<AtomicPtr<u8>>,
@@ -142,9 +147,10 @@ impl Heap {
             recent_refaulted: 0,
             unmapped_bytes: 0,
             unmapped_ms: 0,
-            last_pass_ms: 0,
+            purged_before_ms: 0,
             idle_frees_seen: 0,
             idle_active_ms: 0,
+            remote_collected: 0,
             remote: CacheLine(AtomicPtr::new(null_mut())),
             owner_tp: CacheLine(AtomicUsize::new(0)),
         }
@@ -798,6 +804,7 @@ pub unsafe fn collect_remote(h: *mut Heap) {
     while !b.is_null() {
         let next = vg::read_link(b);
         free_local_uncounted(h, page_of(b), b);
+        (*h).remote_collected += 1;
         b = next;
     }
 }
@@ -1105,23 +1112,33 @@ unsafe fn auto_pass(h: *mut Heap, now: u64) {
 /// The caller is `h`'s owner.
 pub unsafe fn idle_look(h: *mut Heap, now: u64) -> Option<u64> {
     use core::sync::atomic::Ordering::Relaxed;
-    let frees = (*h).counters.frees_total();
-    if frees != (*h).idle_frees_seen || !(*h).remote.load(Relaxed).is_null() {
-        (*h).idle_frees_seen = frees;
+    // Whether the heap freed anything (or got its blocks back from others) since the last look.
+    let moved = |h: *mut Heap| {
+        let seen = (*h)
+            .counters
+            .frees_total()
+            .wrapping_add((*h).remote_collected);
+        let moved = seen != (*h).idle_frees_seen || !(*h).remote.load(Relaxed).is_null();
+        (*h).idle_frees_seen = seen;
+        moved
+    };
+    if moved(h) {
         (*h).idle_active_ms = now;
     }
-    // Everything freed before `idle_active_ms` was old enough for the last pass to give back
-    // (what it keeps on purpose aside: `retain_bytes`, a few empty segments, the page each
-    // queue allocates from).
-    let settled = |h: *mut Heap| {
-        (*h).idle_active_ms == 0
-            || (*h).last_pass_ms >= (*h).idle_active_ms + purge::delay_in_force((*h).purge_delay_ms)
-    };
+    // Settled: everything freed until the last activity a look saw was old enough for the last
+    // pass to give back (what a pass keeps on purpose aside: `retain_bytes`, a few empty
+    // segments, the page each queue allocates from).
+    let settled =
+        |h: *mut Heap| (*h).idle_active_ms == 0 || (*h).purged_before_ms >= (*h).idle_active_ms;
     if !purge::ENABLED.load(Relaxed) || settled(h) {
         return None;
     }
     if now >= (*h).next_purge_ms {
         auto_pass(h, now);
+        // The pass collected the remote stack: blocks pushed since the look above are new.
+        if moved(h) {
+            (*h).idle_active_ms = now;
+        }
         if settled(h) {
             return None;
         }
@@ -1248,7 +1265,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     if mode == Mode::Auto {
         (*h).recent_purged += bytes as u64;
     }
-    (*h).last_pass_ms = now;
+    (*h).purged_before_ms = now.saturating_sub(age);
     bytes
 }
 

@@ -221,9 +221,8 @@ pub unsafe fn trim() -> usize {
 /// # Safety
 /// The caller holds the GIL.
 pub unsafe fn idle_tick() -> Option<u64> {
-    let now = purge::now_ms();
-    let gil = heap::idle_look(gil_heap(), now);
-    purge::sooner(gil, raw_heap::idle_look_abandoned(now))
+    let gil = heap::idle_look(gil_heap(), purge::now_ms());
+    purge::sooner(gil, raw_heap::idle_look_abandoned())
 }
 
 /// After the OS refused a mapping to heap `h`: give back what other heaps hold that this thread

@@ -758,11 +758,16 @@ fn _idle_tick(_py: Python<'_>) -> f64 {
         / 1000.0
 }
 
-/// True if the caller should start the idle purger thread: it is on and none runs (then one is
-/// counted as running). Under the GIL, as every change to the flag.
+/// True if the caller should start the idle purger thread: it is on, none runs (then one is
+/// counted as running) and our hooks are not the forward-only ones. Under the GIL, as every
+/// change to the flag.
 #[pyfunction]
 fn _idle_purger_claim(_py: Python<'_>) -> bool {
-    if crate::purge::IDLE_PURGE.load(Relaxed) && !IDLE_PURGER_RUNNING.load(Relaxed) {
+    // Not behind the forward-only hooks: no heap of ours is in use then.
+    if crate::purge::IDLE_PURGE.load(Relaxed)
+        && !IDLE_PURGER_RUNNING.load(Relaxed)
+        && !FORWARD_ONLY.load(Relaxed)
+    {
         IDLE_PURGER_RUNNING.store(true, Relaxed);
         true
     } else {

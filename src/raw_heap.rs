@@ -501,8 +501,8 @@ pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
 /// The idle purger's look (`heap::idle_look`) at every abandoned heap, each adopted for the
 /// moment: an exited thread's heap takes no slow path until a thread adopts it, yet its free
 /// memory, and what others free into it, should go back like any other. Returns the soonest
-/// time, in ms from `now`, that one of them wants another look.
-pub fn idle_look_abandoned(now: u64) -> Option<u64> {
+/// time, in ms from now, that one of them wants another look.
+pub fn idle_look_abandoned() -> Option<u64> {
     let mut soonest: Option<u64> = None;
     let mut h = REGISTRY.load(Acquire);
     while !h.is_null() {
@@ -510,6 +510,7 @@ pub fn idle_look_abandoned(now: u64) -> Option<u64> {
         // alone until we hand it back.
         unsafe {
             if take_abandoned(h) {
+                let now = crate::purge::now_ms(); // a pass over the one before may be long
                 let wait = while_busy(h, |h| heap::idle_look(h, now));
                 (*h).state.store(ABANDONED, Release);
                 soonest = crate::purge::sooner(soonest, wait);

@@ -976,10 +976,10 @@ fn the_idle_look_gives_back_what_a_waiting_heap_freed() {
         assert_eq!(free_dirty(h), 0, "every free page was given back");
         heap::check_invariants(h);
         // Settled: later looks run no pass until the heap frees again.
-        let last = (*h).last_pass_ms;
+        let last = (*h).purged_before_ms;
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(heap::idle_look(h, purge::now_ms()), None);
-        assert_eq!((*h).last_pass_ms, last, "a settled heap gets no pass");
+        assert_eq!((*h).purged_before_ms, last, "a settled heap gets no pass");
         let again: Vec<*mut u8> = (0..20 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
         for &p in &again {
             *p = 1;
@@ -997,6 +997,20 @@ fn the_idle_look_gives_back_what_a_waiting_heap_freed() {
         purge::configure(true, 100, 0);
         assert!(looks_until_settled(h) >= 1, "a new free: looks again");
         assert_eq!(free_dirty(h), 0);
+        heap::check_invariants(h);
+        // Blocks freed by another heap (onto `h`'s remote stack) count as `h`'s activity, both
+        // while on the stack and once a pass has collected them.
+        let other = private_heap();
+        let theirs: Vec<*mut u8> = (0..20 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
+        for &p in &theirs {
+            *p = 1;
+        }
+        for &p in &theirs {
+            heap::free(other, p);
+        }
+        assert!(free_dirty(h) < 2, "nothing reached `h`'s pages yet");
+        assert!(looks_until_settled(h) >= 1, "remote frees: looks again");
+        assert_eq!(free_dirty(h), 0, "the remotely freed pages were given back");
         heap::check_invariants(h);
     }
     purge::configure(enabled, delay, retain);

@@ -6,66 +6,113 @@ its next burst of allocation. This thread wakes now and then (every 10 ms to 1 s
 ask), takes the GIL for a tick in the extension (``_idle_tick``) that runs the pass a slow path
 would run if one came, and sleeps again; a heap with nothing more to give back costs a look of a
 few hundred loads about once a second. It is a bare ``_thread`` thread: ``threading`` does not
-list it and interpreter shutdown does not wait for it; it ends by itself once the interpreter's
-main thread has (in the child of a fork made from another thread, the process lives until its
-last thread ends). ``configure(idle_purge=False)`` (or ``RUSTMALLOC_IDLE_PURGE=0``) ends it at
-its next tick.
+list it. ``configure(idle_purge=False)`` (or ``RUSTMALLOC_IDLE_PURGE=0``) ends it at its next
+tick.
+
+It never outlives the interpreter: an ``atexit`` handler (run after ``threading`` has joined the
+program's threads, before finalization) wakes it and waits for it to end. CPython 3.11 ends a
+thread that is still running when finalization starts with ``pthread_exit``, and a thread that
+had not started yet then writes into its freed thread state: a process that installed rustmalloc
+at startup and exited at once aborted about once in 2,000 runs (``free(): invalid pointer``)
+before this handler.
 """
 
 from __future__ import annotations
 
 import _thread
+import atexit
 import os
-import sys
-import time
 
 from . import _rustmalloc as _ext
 
-_fork_hook_registered = False
+#: Wait at most this long at exit for the thread to end (it only has to wake and return).
+_EXIT_WAIT_SECONDS = 5.0
+
+_hooks_registered = False
+_forked_from_main_thread = True
+#: The running thread's (wake, done) locks: `wake` is what it sleeps on (released to wake it
+#: early), `done` is held by it until it returns. None when no thread was started here.
+_locks = None
+_stopping = False
 
 
 def start() -> None:
-    """Start the thread if the idle purger is on and none runs in this process."""
-    global _fork_hook_registered
-    if not _fork_hook_registered:
-        # The thread does not survive a fork: the child starts its own.
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_registered = True
-    if _ext._idle_purger_claim():
-        try:
-            _thread.start_new_thread(_run, ())
-        except BaseException:
-            _ext._idle_purger_gone()
-            raise
-
-
-def _run() -> None:
-    tick, sleep = _ext._idle_tick, time.sleep
+    """Start the thread if the idle purger is on and none runs in this process. If the thread
+    cannot be started (no threads left: a pids limit), rustmalloc goes on without it."""
+    global _locks, _stopping
+    _register_hooks()
+    if not _ext._idle_purger_claim():
+        return
+    wake, done = _thread.allocate_lock(), _thread.allocate_lock()
+    wake.acquire()
+    done.acquire()
+    _stopping = False
     try:
-        while _main_thread_alive():
+        _thread.start_new_thread(_run, (wake, done))
+    except RuntimeError as e:  # "can't start new thread"
+        _ext._idle_purger_gone()
+        import warnings
+
+        warnings.warn(f"rustmalloc: the idle purger thread could not start ({e}); free memory goes "
+                      "back to the OS on allocation slow paths only", RuntimeWarning, stacklevel=3)
+        return
+    _locks = (wake, done)
+
+
+def _register_hooks() -> None:
+    global _hooks_registered
+    if _hooks_registered:
+        return
+    atexit.register(_stop)
+    # The thread does not survive a fork: the child starts its own (see `_after_fork_in_child`).
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    _hooks_registered = True
+
+
+def _run(wake, done) -> None:
+    tick, gone = _ext._idle_tick, _ext._idle_purger_gone
+    try:
+        while not _stopping:
             seconds = tick()
             if seconds <= 0:
                 return  # turned off; `_idle_tick` marked the thread gone
-            sleep(seconds)
-        # The interpreter's main thread has ended: at shutdown, or in the child of a fork made
-        # from another thread, whose process ends only when its last thread does (this one must
-        # not keep it alive).
-        _ext._idle_purger_gone()
+            wake.acquire(True, seconds)  # sleeps with the GIL released; `_stop` wakes it
     except BaseException:
-        _ext._idle_purger_gone()
-        raise
+        # Never print from this thread (a thread writing to stderr near shutdown can hold the
+        # stream's lock when the main thread needs it): just end.
+        gone()
+    finally:
+        done.release()
 
 
-def _main_thread_alive() -> bool:
-    # `threading` may be absent, or half imported (this thread runs while another imports it).
-    main_thread = getattr(sys.modules.get("threading"), "main_thread", None)
-    try:
-        return main_thread is None or main_thread().is_alive()
-    except Exception:
-        return True
+def _stop() -> None:
+    """atexit: end the thread and wait for it, so that none runs into finalization."""
+    global _stopping
+    if _locks is None:
+        return
+    wake, done = _locks
+    _stopping = True
+    if wake.locked():
+        wake.release()
+    if done.acquire(True, _EXIT_WAIT_SECONDS):
+        done.release()
+    _ext._idle_purger_gone()
+
+
+def _before_fork() -> None:
+    global _forked_from_main_thread
+    import sys
+
+    threading = sys.modules.get("threading")
+    main = getattr(threading, "_main_thread", None)  # None: not (fully) imported
+    _forked_from_main_thread = main is None or getattr(main, "ident", None) == _thread.get_ident()
 
 
 def _after_fork_in_child() -> None:
+    global _locks
     _ext._idle_purger_gone()
-    if _ext._installed_mask():
+    _locks = None
+    # A child forked from another thread than the main one lives until that thread ends (no
+    # finalization, no atexit): a thread of ours would keep it alive. It goes without.
+    if _forked_from_main_thread and _ext._installed_mask():
         start()
