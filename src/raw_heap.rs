@@ -11,7 +11,9 @@
 //! ```
 //! Heaps are never freed: an abandoned heap keeps its live blocks (others free them later onto its
 //! remote stack) and is adopted, whole, by the next thread that needs a heap. So the number of
-//! heaps is bounded by the most threads ever alive at once, not by how many were ever started.
+//! heaps is bounded by the most threads ever alive at once (plus one: a thread looking for a heap
+//! skips one that `trim()` or the idle purger holds for the moment), not by how many were ever
+//! started.
 //! All heaps are on `REGISTRY`, a push-only lock-free list, which the stats and fork code walk.
 //!
 //! Thread-exit is seen through a pthread key destructor (libc's, not Rust's thread-local
@@ -485,7 +487,9 @@ pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
         // alone until we hand it back.
         unsafe {
             if take_abandoned(h) {
-                bytes += while_busy(h, |h| heap::purge(h, Mode::Trim));
+                // A panic (a bug) must not leave the heap taken and busy for ever: it is
+                // caught inside, so the heap is handed back below either way.
+                bytes += while_busy(h, |h| crate::no_unwind(0, || heap::purge(h, Mode::Trim)));
                 (*h).state.store(ABANDONED, Release);
             }
             h = (*h).next_in_registry;
@@ -511,7 +515,8 @@ pub fn idle_look_abandoned() -> Option<u64> {
         unsafe {
             if take_abandoned(h) {
                 let now = crate::purge::now_ms(); // a pass over the one before may be long
-                let wait = while_busy(h, |h| heap::idle_look(h, now));
+                                                  // As in `trim_abandoned`: a panic is caught inside, the heap handed back.
+                let wait = while_busy(h, |h| crate::no_unwind(None, || heap::idle_look(h, now)));
                 (*h).state.store(ABANDONED, Release);
                 soonest = crate::purge::sooner(soonest, wait);
             }
