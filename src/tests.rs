@@ -610,8 +610,7 @@ fn trim_returns_free_os_pages_inside_partly_used_pages() {
 #[test]
 fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
     let _g = serial();
-    let (enabled, delay, retain) = purge::settings();
-    purge::configure(true, 20, 0);
+    let _settings = PurgeSettings::set(true, 20, 0);
     unsafe { trim() };
     // The heap's next look at the clock may have been set by an earlier test with the default
     // delay (250 ms), longer than this test takes to get there (a flaky failure, "gave back 0
@@ -640,12 +639,29 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
         unsafe { gil_free(p as *mut u8) };
     }
     unsafe { check_gil_heap() };
-    purge::configure(enabled, delay, retain);
 }
 
 /// A heap of the test's own: its pages and queues are no one else's (never freed: tests leak it).
 fn private_heap() -> *mut heap::Heap {
     Box::into_raw(Box::new(heap::Heap::new()))
+}
+
+/// The purge policy's settings for one test, put back when dropped (also when the test fails).
+struct PurgeSettings((bool, u64, u64));
+
+impl PurgeSettings {
+    fn set(enabled: bool, delay_ms: u64, retain_bytes: u64) -> PurgeSettings {
+        let saved = purge::settings();
+        purge::configure(enabled, delay_ms, retain_bytes);
+        PurgeSettings(saved)
+    }
+}
+
+impl Drop for PurgeSettings {
+    fn drop(&mut self) {
+        let (enabled, delay_ms, retain_bytes) = self.0;
+        purge::configure(enabled, delay_ms, retain_bytes);
+    }
 }
 
 /// A full page that gets a block back joins the back of its queue: allocation goes on through
@@ -888,8 +904,7 @@ fn remote_frees_reach_their_pages_when_the_owner_collects() {
 #[test]
 fn automatic_purge_leaves_recently_freed_pages_alone() {
     let _g = serial();
-    let (enabled, delay, retain) = purge::settings();
-    purge::configure(true, 300, 0);
+    let _settings = PurgeSettings::set(true, 300, 0);
     let h = private_heap();
     let round = |h: *mut heap::Heap| unsafe {
         let blocks: Vec<*mut u8> = (0..40 * 64).map(|_| heap::alloc(h, 1024, 1)).collect();
@@ -925,7 +940,6 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
         );
         heap::check_invariants(h);
     }
-    purge::configure(enabled, delay, retain);
 }
 
 /// The idle purger's look (`heap::idle_look`) runs the automatic pass a slow path would run
@@ -936,8 +950,7 @@ fn automatic_purge_leaves_recently_freed_pages_alone() {
 fn the_idle_look_gives_back_what_a_waiting_heap_freed() {
     use std::time::{Duration, Instant};
     let _g = serial();
-    let (enabled, delay, retain) = purge::settings();
-    purge::configure(true, 100, 0);
+    let _settings = PurgeSettings::set(true, 100, 0);
     let h = private_heap();
     let free_dirty = |h: *mut heap::Heap| unsafe {
         let (mut seg, mut n) = ((*h).segments, 0);
@@ -1013,7 +1026,6 @@ fn the_idle_look_gives_back_what_a_waiting_heap_freed() {
         assert_eq!(free_dirty(h), 0, "the remotely freed pages were given back");
         heap::check_invariants(h);
     }
-    purge::configure(enabled, delay, retain);
 }
 
 /// Before faulting a purged page's blocks in again, allocation takes the queue's last page if
@@ -1107,9 +1119,8 @@ unsafe fn reset_purge_state(h: *mut heap::Heap) {
 #[test]
 fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
     let _g = serial();
-    let (enabled, delay, retain) = purge::settings();
     // Refaults count within 16 delays of a pass (here 16 s): pages must be free for 1 s.
-    purge::configure(true, 1000, 0);
+    let _settings = PurgeSettings::set(true, 1000, 0);
     let h = private_heap();
     let pages = 20;
     let per_page = segment::PAGE_SIZE / 1024;
@@ -1209,5 +1220,4 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
             heap::purge(h, purge::Mode::Trim); // unmaps the empty segments again
         }
     }
-    purge::configure(enabled, delay, retain);
 }
