@@ -1127,9 +1127,10 @@ pub unsafe fn idle_look(h: *mut Heap, now: u64) -> Option<u64> {
     }
     // Settled: everything freed until the last activity a look saw was old enough for the last
     // pass to give back (what a pass keeps on purpose aside: `retain_bytes`, a few empty
-    // segments, the page each queue allocates from).
+    // segments, the page each queue allocates from). Strictly after: the clock is coarse (a
+    // few ms), and a free in the same tick as a trim's pass came after it.
     let settled =
-        |h: *mut Heap| (*h).idle_active_ms == 0 || (*h).purged_before_ms >= (*h).idle_active_ms;
+        |h: *mut Heap| (*h).idle_active_ms == 0 || (*h).purged_before_ms > (*h).idle_active_ms;
     if !purge::ENABLED.load(Relaxed) || settled(h) {
         return None;
     }
