@@ -481,20 +481,8 @@ pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
     use crate::purge::{Mode, TRIM_EPOCH};
     TRIM_EPOCH.fetch_add(1, Relaxed);
     let mut bytes = 0;
-    let mut h = REGISTRY.load(Acquire);
-    while !h.is_null() {
-        // SAFETY: registry entries are never freed; a heap `take_abandoned` gives us is ours
-        // alone until we hand it back.
-        unsafe {
-            if take_abandoned(h) {
-                // A panic (a bug) must not leave the heap taken and busy for ever: it is
-                // caught inside, so the heap is handed back below either way.
-                bytes += while_busy(h, |h| crate::no_unwind(0, || heap::purge(h, Mode::Trim)));
-                (*h).state.store(ABANDONED, Release);
-            }
-            h = (*h).next_in_registry;
-        }
-    }
+    // SAFETY: an adopted heap is ours for the call.
+    for_each_abandoned(|h| bytes += unsafe { heap::purge(h, Mode::Trim) });
     if with_fallback_heap && !FALLBACK.load(Acquire).is_null() {
         // SAFETY: under the fallback lock.
         bytes += with_fallback(|h| unsafe { heap::purge(h, Mode::Trim) }).unwrap_or(0);
@@ -508,22 +496,33 @@ pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
 /// time, in ms from now, that one of them wants another look.
 pub fn idle_look_abandoned() -> Option<u64> {
     let mut soonest: Option<u64> = None;
+    for_each_abandoned(|h| {
+        // Read per heap: a pass over the one before may be long.
+        let now = crate::purge::now_ms();
+        // SAFETY: an adopted heap is ours for the call.
+        let wait = unsafe { heap::idle_look(h, now) };
+        soonest = crate::purge::sooner(soonest, wait);
+    });
+    soonest
+}
+
+/// Run `f` on every abandoned heap, each adopted for the moment (ABANDONED -> OWNED, busy, back
+/// to ABANDONED): `trim()` and the idle purger give back what exited threads' heaps hold. A
+/// panic in `f` (a bug) is caught inside, so the heap is handed back either way, never left
+/// taken and busy.
+fn for_each_abandoned(mut f: impl FnMut(*mut Heap)) {
     let mut h = REGISTRY.load(Acquire);
     while !h.is_null() {
         // SAFETY: registry entries are never freed; a heap `take_abandoned` gives us is ours
         // alone until we hand it back.
         unsafe {
             if take_abandoned(h) {
-                let now = crate::purge::now_ms(); // a pass over the one before may be long
-                                                  // As in `trim_abandoned`: a panic is caught inside, the heap handed back.
-                let wait = while_busy(h, |h| crate::no_unwind(None, || heap::idle_look(h, now)));
+                while_busy(h, |h| crate::no_unwind((), || f(h)));
                 (*h).state.store(ABANDONED, Release);
-                soonest = crate::purge::sooner(soonest, wait);
             }
             h = (*h).next_in_registry;
         }
     }
-    soonest
 }
 
 /// (heaps created, heaps abandoned now)
