@@ -12,8 +12,10 @@ configuration's median over the rounds, its quartiles, and its ratio to the firs
 configuration's median. Configurations: pymalloc, malloc (glibc), rustmalloc,
 rustmalloc-nopurge (automatic purging held off by a purge delay of 1000 s), rustmalloc-delay1s
 (a purge delay of 1 s instead of 250 ms) and rustmalloc-retain256m (256 MiB of empty pages
-kept per heap instead of 4 MiB). A benchmark
-with several pyperf tasks (xml_etree) takes ``--task``.
+kept per heap instead of 4 MiB). BENCHMARK is a pyperformance benchmark (``xml_etree``, whose
+first pyperf task runs unless ``--task`` says another) or one pyperf benchmark of a script that
+holds several (``xml_etree_parse``, ``deepcopy_memo``, ``async_tree_none``): its script and task
+are found by running each task of the script once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from pyperformance_callgrind import pyperformance_setup  # noqa: E402
+from pyperformance_callgrind import pyperformance_setup, tasks_of  # noqa: E402
+from pyperformance_pingpong import find_script  # noqa: E402
 
 CONFIGS = {
     "pymalloc": {},
@@ -50,7 +53,8 @@ def main() -> int:
     ap.add_argument("benchmark")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--loops", type=int, default=1, help="loops per value (pyperf's --loops)")
-    ap.add_argument("--task", type=int, default=0, help="pyperf task of a script with several (xml_etree has four)")
+    ap.add_argument("--task", type=int, default=None,
+                    help="pyperf task of a script with several (xml_etree has four); default: the task named BENCHMARK, or 0")
     ap.add_argument("--configs", default="pymalloc,rustmalloc")
     ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
     a = ap.parse_args()
@@ -59,15 +63,21 @@ def main() -> int:
         if c not in CONFIGS:
             raise SystemExit(f"--configs: unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
     python, scripts, base = pyperformance_setup(a.venv)
-    if a.benchmark not in scripts:
-        raise SystemExit(f"unknown benchmark {a.benchmark!r}")
-    script, extra = scripts[a.benchmark]
+    script, extra = find_script(scripts, a.benchmark)
+    task = a.task
+    if task is None:
+        task = 0
+        if a.benchmark not in scripts:
+            named = [t for t, name, _ in tasks_of(python, script, extra, base) if name == a.benchmark]
+            if not named:
+                raise SystemExit(f"unknown benchmark {a.benchmark!r}: no pyperf task of {script} has that name")
+            task = named[0]
     best = {c: [] for c in configs}
     for r in range(a.rounds):
         for c in configs if r % 2 == 0 else configs[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
                 out = os.path.join(tmp, "r.json")
-                cmd = [python, script, *extra, "--worker", "--worker-task", str(a.task), "--loops", str(a.loops),
+                cmd = [python, script, *extra, "--worker", "--worker-task", str(task), "--loops", str(a.loops),
                        "--values", "3", "--warmups", "1", "-o", out]
                 p = subprocess.run(cmd, env=dict(base, **CONFIGS[c]), capture_output=True, text=True)
                 if p.returncode != 0:
