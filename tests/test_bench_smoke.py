@@ -440,3 +440,37 @@ def test_pingpong_refuses_the_other_build_without_its_directory(tmp_path):
         p = subprocess.run([sys.executable, script, "--configs", "pymalloc,rustmalloc-other"],
                            env=dict(env, **extra), capture_output=True, text=True, timeout=60)
         assert p.returncode != 0 and "set RUSTMALLOC_OTHER_BUILD" in p.stderr, p.stderr
+
+
+def test_micro_pingpong_pairs_rustmalloc_with_each_peer(tmp_path):
+    """benches/micro_pingpong.py at tiny sizes: a row per BENCH:PEER, ratios of real runs."""
+    script = os.path.join(ROOT, "benches", "micro_pingpong.py")
+    out = tmp_path / "mpp.md"
+    cmd = [sys.executable, script, "pairs_obj_32:pymalloc,batch_raw_mix_t2:glibc", "--quick",
+           "--processes", "2", "--pairs", "3", "--cpu", "", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "mpp.json") as f:
+        data = json.load(f)
+    assert list(data) == ["pairs_obj_32:pymalloc", "batch_raw_mix_t2:glibc"]
+    for r in data.values():
+        assert len(r["ratios"]) == 2 and all(len(p) == 3 for p in r["ratios"])
+        assert all(x > 0 for p in r["ratios"] for x in p) and all(ns > 0 for ns in r["ns"])
+        assert r["summary"]["pairs"] == 6 and r["summary"]["processes"] == 2
+    table = out.read_text()
+    assert "| pairs_obj_32 | pymalloc |" in table and "| batch_raw_mix_t2 | glibc |" in table
+    bad = subprocess.run([sys.executable, script, "pairs_obj_32:rustmalloc"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "BENCH:PEER with PEER one of" in bad.stderr
+
+
+def test_micro_pingpong_worker_refuses_an_allocator_that_is_not_there():
+    mod = _bench_module("micro_pingpong")
+    env = dict(os.environ, LD_PRELOAD="/nonexistent/libnotmalloc.so")
+    with pytest.raises(SystemExit, match="libnotmalloc.so is not mapped"):
+        mod.Worker(sys.executable, env, None, quick=True)
+    w = mod.Worker(sys.executable, dict(os.environ, RMBENCH_INSTALL="install"), None, quick=True)
+    try:
+        ns, faults = w.run("pairs_obj_32")
+        assert ns > 0 and faults >= 0
+    finally:
+        w.close()
