@@ -9,7 +9,9 @@ a 10% difference between two medians of five rounds says little.
 
 ``BENCH`` is a name from ``micro.py`` (``batch_obj_32``, ``churn_obj_mix``, ``cross_raw_mix_t2``,
 ...) and ``PEER`` a configuration from ``configs.py`` (``mimalloc``, ``tcmalloc``, ``pymalloc``,
-...). The method is the one of ``pyperformance_pingpong.py``. For each benchmark,
+...), or ``rustmalloc-other``: another build of rustmalloc, installed the same way. Its wheel is
+unpacked into the directory ``$RUSTMALLOC_OTHER_BUILD``, which comes first on the path
+(``maturin build --release -o W && python -m zipfile -e W/*.whl DIR``). The method is the one of ``pyperformance_pingpong.py``. For each benchmark,
 ``--processes`` times: start one worker process for the peer and one for rustmalloc, both alive,
 the same build and ``python`` as ``run.py`` uses. Then ``--pairs`` times, ask each in turn for one
 run of the benchmark (``_bench.run`` at its full size, its own warm-up included), the order
@@ -38,6 +40,8 @@ from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = "--micro-pingpong-worker"
+#: The peer that is another build of rustmalloc (``$RUSTMALLOC_OTHER_BUILD``).
+OTHER = "rustmalloc-other"
 
 
 def worker(quick: bool) -> int:
@@ -177,8 +181,11 @@ def main() -> int:
         bench, _, peer = item.partition(":")
         if bench not in specs:
             raise SystemExit(f"unknown benchmark {bench!r}; choose from {', '.join(specs)}")
-        if peer not in configs or peer.startswith("rustmalloc"):
-            peers = ", ".join(n for n in configs if not n.startswith("rustmalloc"))
+        if peer == OTHER:
+            if not os.path.isdir(os.environ.get("RUSTMALLOC_OTHER_BUILD", "")):
+                raise SystemExit(f"{OTHER}: set RUSTMALLOC_OTHER_BUILD to the directory of another build's unpacked wheel")
+        elif peer not in configs or peer.startswith("rustmalloc"):
+            peers = ", ".join([*(n for n in configs if not n.startswith("rustmalloc")), OTHER])
             raise SystemExit(f"{item!r}: write BENCH:PEER with PEER one of {peers}")
         wanted.append((bench, peer))
     probe = subprocess.run([a.python, "-c", "from rustmalloc._rustmalloc import _bench; print(int(_bench.DEBUG_BUILD))"],
@@ -187,7 +194,12 @@ def main() -> int:
         raise SystemExit(f"{a.python}: needs a release build of rustmalloc ({probe.stderr.strip() or 'a debug build'})")
     results: Dict[str, dict] = {}
     for bench, peer in wanted:
-        envs = [cfgmod.worker_env(configs[peer]), cfgmod.worker_env(configs["rustmalloc"])]
+        mine = cfgmod.worker_env(configs["rustmalloc"])
+        if peer == OTHER:
+            other_path = os.pathsep.join(filter(None, [os.environ["RUSTMALLOC_OTHER_BUILD"], mine.get("PYTHONPATH")]))
+            envs = [dict(mine, PYTHONPATH=other_path), mine]
+        else:
+            envs = [cfgmod.worker_env(configs[peer]), mine]
         cpu = (a.cpu or None) if specs[bench].threads == 1 else None
         ratios, ns, faults = measure(a.python, bench, envs, a.processes, a.pairs, cpu, a.quick)
         s = summary(ratios)

@@ -6,7 +6,7 @@ seconds (a pure-Python loop here ran from 72 to 195 ms within a minute); a pair 
 few milliseconds sees nearly the same machine, and the ratio of the pair cancels it.
 
     python benches/pyperformance_pingpong.py [--benchmarks gc_traversal,go,...] [--processes 6]
-        [--pairs 20] [--target-ms 30] [--configs pymalloc,rustmalloc] [--cpu 1] [--out FILE]
+        [--pairs 20] [--target-ms 30] [--configs pymalloc,rustmalloc] [--cpu 1] [--script F] [--out FILE]
 
 Needs the venv that ``benches/pyperformance.sh`` made (``--venv`` to name another). For each
 benchmark (a pyperf benchmark name: ``async_tree_none``, ``deepcopy_memo``, ``xml_etree_parse``
@@ -23,7 +23,8 @@ sign-flip test over the processes' medians (the process pair as the unit: its pa
 memory layout; with 6 processes p cannot go below 2/64), and the medians of the first and second
 half of the processes (do they agree?). A configuration twice
 (``--configs pymalloc,pymalloc``) measures the method: its ratio should be 1.
-Writes a Markdown table to ``--out`` (default: print only).
+Writes a Markdown table to ``--out`` (default: print only). ``--script`` times the benchmarks of
+another pyperf script (run the same way, in pyperformance's venv) instead of pyperformance's own.
 
 A caveat: each worker idles while its partner takes its turn, which back-to-back loops never
 do. Anything that acts on time passing rather than on work done sees that idle time: rustmalloc's
@@ -252,6 +253,8 @@ def main() -> int:
     ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1 if os.cpu_count() else None,
                     help="the CPU both workers are pinned to (default: the last; -1: not pinned)")
     ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
+    ap.add_argument("--script", help="take the benchmarks from this pyperf script instead of pyperformance's "
+                    "(e.g. benches/gc_layout.py)")
     ap.add_argument("--out", help="write the table (Markdown) and, beside it, the ratios as JSON")
     a = ap.parse_args()
     configs = a.configs.split(",")
@@ -266,7 +269,7 @@ def main() -> int:
     envs = [dict(base, **CONFIGS[c]) for c in configs]
     results, raw = {}, {}
     for name in a.benchmarks.split(","):
-        script, extra = find_script(scripts, name)
+        script, extra = (os.path.abspath(a.script), []) if a.script else find_script(scripts, name)
         kernel: Dict[str, List[float]] = {}
         per_process = measure(python, script, name, extra, envs, a.processes, a.pairs, a.target_ms / 1000, cpu, kernel)
         results[name], raw[name] = dict(summary(per_process), kernel=kernel), per_process

@@ -461,6 +461,18 @@ def test_micro_pingpong_pairs_rustmalloc_with_each_peer(tmp_path):
     assert "| pairs_obj_32 | pymalloc |" in table and "| batch_raw_mix_t2 | glibc |" in table
     bad = subprocess.run([sys.executable, script, "pairs_obj_32:rustmalloc"], capture_output=True, text=True)
     assert bad.returncode != 0 and "BENCH:PEER with PEER one of" in bad.stderr
+    env = {k: v for k, v in os.environ.items() if k != "RUSTMALLOC_OTHER_BUILD"}
+    bad = subprocess.run([sys.executable, script, "pairs_obj_32:rustmalloc-other"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "set RUSTMALLOC_OTHER_BUILD" in bad.stderr
+    # Another build: an empty directory first on the path leaves the installed one, so this only
+    # checks the plumbing (the worker still installs rustmalloc in all three domains).
+    other = tmp_path / "other"
+    other.mkdir()
+    ok = subprocess.run([sys.executable, script, "pairs_obj_32:rustmalloc-other", "--quick", "--processes", "1",
+                         "--pairs", "2", "--cpu", ""], capture_output=True, text=True, timeout=120,
+                        env=dict(env, RUSTMALLOC_OTHER_BUILD=str(other)))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| pairs_obj_32 | rustmalloc-other |" in ok.stdout
 
 
 def test_micro_pingpong_worker_refuses_an_allocator_that_is_not_there():
