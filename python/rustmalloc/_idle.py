@@ -9,6 +9,13 @@ few hundred loads about once a second. It is a bare ``_thread`` thread: ``thread
 list it. ``configure(idle_purge=False)`` (or ``RUSTMALLOC_IDLE_PURGE=0``) ends it at its next
 tick.
 
+The thread does not survive a fork, and the child gets no thread from us at the fork itself:
+``fork()`` returns with the child as single-threaded as it promises (``sys._current_frames()``
+lists one thread; CPython's test_threading checks that). A child forked from the main thread
+starts its own purger at its first garbage collection after the fork (a ``gc.callbacks`` entry
+that does nothing otherwise). A child that only execs (``subprocess``) or exits at once never
+starts one; a child that goes on running Python allocates, and soon collects.
+
 It never outlives the interpreter: an ``atexit`` handler (run after ``threading`` has joined the
 program's threads, before finalization) wakes it and waits for it to end. CPython 3.11 ends a
 thread that is still running when finalization starts with ``pthread_exit``, and a thread that
@@ -34,6 +41,8 @@ _forked_from_main_thread = True
 #: early), `done` is held by it until it returns. None when no thread was started here.
 _locks = None
 _stopping = False
+#: A fork child's purger is due at its next garbage collection (see `_start_at_collection`).
+_start_pending = False
 
 
 def start() -> None:
@@ -109,10 +118,26 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _locks
+    global _locks, _start_pending
     _ext._idle_purger_gone()
     _locks = None
+    _start_pending = False
     # A child forked from another thread than the main one lives until that thread ends (no
     # finalization, no atexit): a thread of ours would keep it alive. It goes without.
     if _forked_from_main_thread and _ext._installed_mask():
+        # Not now: the child of fork() must come back with one thread (see the module doc).
+        import gc
+
+        _start_pending = True
+        if _start_at_collection not in gc.callbacks:
+            gc.callbacks.append(_start_at_collection)
+
+
+def _start_at_collection(phase: str, info: dict) -> None:
+    """gc callback, in fork children: start the purger after the first collection. Stays in
+    ``gc.callbacks`` afterwards (taking it out while the collector walks that list would make it
+    skip the next callback), doing nothing but this test."""
+    global _start_pending
+    if _start_pending and phase == "stop":
+        _start_pending = False
         start()
