@@ -29,6 +29,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import os
+import time
 
 from . import _rustmalloc as _ext
 
@@ -41,6 +42,8 @@ _forked_from_main_thread = True
 #: early), `done` is held by it until it returns. None when no thread was started here.
 _locks = None
 _stopping = False
+#: The running thread's native id (`_thread.get_native_id`), to wait for its end at exit.
+_native_id = None
 #: A fork child's purger is due at its next garbage collection (see `_start_at_collection`).
 _start_pending = False
 
@@ -79,6 +82,8 @@ def _register_hooks() -> None:
 
 
 def _run(wake, done) -> None:
+    global _native_id
+    _native_id = _thread.get_native_id()
     tick, gone = _ext._idle_tick, _ext._idle_purger_gone
     try:
         while not _stopping:
@@ -103,8 +108,17 @@ def _stop() -> None:
     _stopping = True
     if wake.locked():
         wake.release()
+    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
     if done.acquire(True, _EXIT_WAIT_SECONDS):
         done.release()
+        # `done` is released inside `_run`; the thread then still returns through CPython, which
+        # frees its thread state with PyMem_RawFree after releasing the GIL. Finalization swaps
+        # the RAW domain to the default allocator for moments (`_PyImport_Fini2`), and a free of
+        # our block in such a moment goes to glibc: "free(): invalid pointer" (CI's test_io, about
+        # once in thousands of quick exits). So wait for the OS thread itself to be gone.
+        task = f"/proc/self/task/{_native_id}"
+        while _native_id is not None and os.path.exists(task) and time.monotonic() < deadline:
+            time.sleep(0.0005)
     _ext._idle_purger_gone()
 
 
@@ -118,9 +132,10 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _locks, _start_pending
+    global _locks, _start_pending, _native_id
     _ext._idle_purger_gone()
     _locks = None
+    _native_id = None
     _start_pending = False
     # A child forked from another thread than the main one lives until that thread ends (no
     # finalization, no atexit): a thread of ours would keep it alive. It goes without.
