@@ -775,6 +775,44 @@ fn _idle_purger_claim(_py: Python<'_>) -> bool {
     }
 }
 
+/// `_thread.start_new_thread(func, args)` with the RAW domain handed back to the allocator
+/// before ours for the call, so that the blocks CPython allocates there for the new thread
+/// (the start-up record its first C function frees, and its thread state) are that
+/// allocator's. Why: CPython swaps RAW to its default allocator for moments, without a lock,
+/// right after start-up (`_PyPathConfig_UpdateGlobal`) and during finalization
+/// (`_PyImport_Fini2`). A block of ours freed by another thread in such a moment goes to
+/// glibc's `free()`, which aborts. A thread started from a `.pth` file frees its start-up record
+/// at once, so it could fall in the first moment (about once in 1,000 quick `RUSTMALLOC=1`
+/// runs here). Blocks of the previous allocator are safe in any moment: our hooks forward them.
+///
+/// Only when our hook is in RAW and the allocator before it is CPython's plain one (not its
+/// debug hooks, whose blocks the default allocator cannot free either), and only for the
+/// caller to use when no other thread runs: another thread's RAW call during the swap would
+/// go to the previous allocator too. Returns what `start_new_thread` returns.
+#[pyfunction]
+fn _start_thread_outside_raw(
+    py: Python<'_>,
+    func: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let start = py.import("_thread")?.getattr("start_new_thread")?;
+    let swap = INSTALLED.load(Acquire) & (1 << RAW) != 0
+        && !STRICT_OWNERSHIP.load(Relaxed)
+        && !FORWARD_ONLY.load(Relaxed);
+    if !swap {
+        return start.call1((func, args)).map(Bound::unbind);
+    }
+    let mut ours = current(RAW);
+    let mut before = *previous(RAW);
+    // SAFETY: under the GIL (`Python<'_>`); PyMem_SetAllocator copies the struct. Ours goes
+    // back whatever the call returns.
+    unsafe { ffi::PyMem_SetAllocator(ffi_domain(RAW), &mut before) };
+    let started = start.call1((func, args));
+    // SAFETY: as above.
+    unsafe { ffi::PyMem_SetAllocator(ffi_domain(RAW), &mut ours) };
+    started.map(Bound::unbind)
+}
+
 /// No idle purger thread runs (the child of a fork, where it did not survive; or it ended).
 #[pyfunction]
 fn _idle_purger_gone(_py: Python<'_>) {
@@ -848,6 +886,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_idle_tick, m)?)?;
     m.add_function(wrap_pyfunction!(_idle_purger_claim, m)?)?;
     m.add_function(wrap_pyfunction!(_idle_purger_gone, m)?)?;
+    m.add_function(wrap_pyfunction!(_start_thread_outside_raw, m)?)?;
     m.add_function(wrap_pyfunction!(_idle_purge_state, m)?)?;
     m.add_function(wrap_pyfunction!(_set_idle_purge, m)?)?;
     m.add_function(wrap_pyfunction!(_snapshot, m)?)?;

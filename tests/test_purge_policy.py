@@ -394,3 +394,38 @@ else:
     check(now > before + 64 * MIB, (before, after_exit, now))
 print("ok")
 """ % (idle_purge, idle_purge, idle_purge), timeout=120)
+
+
+def test_a_thread_started_outside_raw_gets_its_raw_blocks_from_the_allocator_before_us():
+    """`_start_thread_outside_raw` (how the idle purger starts when it is the only thread):
+    CPython's RAW blocks for the new thread (its start-up record, freed at once by the thread,
+    and its thread state, freed as it ends) come from the previous allocator, so they reach our
+    free hook as foreign frees; a thread started the usual way frees blocks of ours instead.
+    CPython swaps RAW to its default allocator for moments without a lock (right after start-up,
+    during finalization), and a block of ours freed by another thread then goes to glibc."""
+    proc = run_python("""
+import _thread, time
+import rustmalloc
+from rustmalloc import _rustmalloc as ext
+rustmalloc.install()
+rustmalloc.configure(idle_purge=False)
+
+def foreign_raw_frees():
+    return rustmalloc.stats().domains["raw"].foreign_frees
+
+def started(start):
+    done = _thread.allocate_lock()
+    done.acquire()
+    before = foreign_raw_frees()
+    start(done.release, ())
+    done.acquire()
+    time.sleep(0.2)         # the thread's state is freed after it returns
+    return foreign_raw_frees() - before
+
+outside = started(ext._start_thread_outside_raw)
+usual = started(_thread.start_new_thread)
+print("foreign RAW frees: outside", outside, "usual", usual)
+check(outside >= 2 and usual == 0, (outside, usual))
+print("ok")
+""")
+    assert "ok" in proc.stdout, proc.stdout

@@ -60,7 +60,13 @@ def start() -> None:
     done.acquire()
     _stopping = False
     try:
-        _thread.start_new_thread(_run, (wake, done))
+        if _only_thread():
+            # CPython's RAW blocks for the new thread come from the allocator before ours (see
+            # `_start_thread_outside_raw`): a `.pth` install starts this thread just before
+            # CPython swaps RAW to its default allocator for a moment.
+            _ext._start_thread_outside_raw(_run, (wake, done))
+        else:
+            _thread.start_new_thread(_run, (wake, done))
     except RuntimeError as e:  # "can't start new thread"
         _ext._idle_purger_gone()
         import warnings
@@ -69,6 +75,19 @@ def start() -> None:
                       "back to the OS on allocation slow paths only", RuntimeWarning, stacklevel=3)
         return
     _locks = (wake, done)
+
+
+def _only_thread() -> bool:
+    """Whether this process has one thread (the caller), by the kernel's count, native threads
+    included. False when it cannot tell."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1]) == 1
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _register_hooks() -> None:
