@@ -407,8 +407,8 @@ def test_a_thread_started_outside_raw_gets_its_raw_blocks_from_the_allocator_bef
 import _thread, time
 import rustmalloc
 from rustmalloc import _rustmalloc as ext
-rustmalloc.install()
-rustmalloc.configure(idle_purge=False)
+rustmalloc.install()        # no purger thread (RUSTMALLOC_IDLE_PURGE=0): its end would count
+check(ext._idle_purge_state() == (False, False))
 
 def foreign_raw_frees():
     return rustmalloc.stats().domains["raw"].foreign_frees
@@ -427,5 +427,5 @@ usual = started(_thread.start_new_thread)
 print("foreign RAW frees: outside", outside, "usual", usual)
 check(outside >= 2 and usual == 0, (outside, usual))
 print("ok")
-""")
+""", extra_env={"RUSTMALLOC_IDLE_PURGE": "0"})
     assert "ok" in proc.stdout, proc.stdout
