@@ -13,7 +13,6 @@ pymalloc:
   most, so pymalloc's pools and rustmalloc's pages place them alike.
 """
 import gc
-import sys
 
 import pyperf
 

@@ -148,7 +148,7 @@ def table(results: Dict[str, dict]) -> List[str]:
         "| peer ns/call | rustmalloc ns/call | page faults per call |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, r in results.items():
+    for r in results.values():
         s = r["summary"]
         lines.append(
             f"| {r['bench']} | {r['peer']} | {s['median']:.3f} | {s['q1']:.3f}-{s['q3']:.3f} | {s['pairs']} | "
@@ -193,8 +193,8 @@ def main() -> int:
     if probe.returncode != 0 or probe.stdout.strip() != "0":
         raise SystemExit(f"{a.python}: needs a release build of rustmalloc ({probe.stderr.strip() or 'a debug build'})")
     results: Dict[str, dict] = {}
+    mine = cfgmod.worker_env(configs["rustmalloc"])
     for bench, peer in wanted:
-        mine = cfgmod.worker_env(configs["rustmalloc"])
         if peer == OTHER:
             other_path = os.pathsep.join(filter(None, [os.environ["RUSTMALLOC_OTHER_BUILD"], mine.get("PYTHONPATH")]))
             envs = [dict(mine, PYTHONPATH=other_path), mine]
@@ -203,12 +203,11 @@ def main() -> int:
         cpu = (a.cpu or None) if specs[bench].threads == 1 else None
         ratios, ns, faults = measure(a.python, bench, envs, a.processes, a.pairs, cpu, a.quick)
         s = summary(ratios)
-        results[f"{bench}:{peer}"] = {"bench": bench, "peer": peer, "summary": s, "ratios": ratios,
-                                      "ns": [statistics.median(x) for x in ns], "faults": faults}
+        r = results[f"{bench}:{peer}"] = {"bench": bench, "peer": peer, "summary": s, "ratios": ratios,
+                                          "ns": [statistics.median(x) for x in ns], "faults": faults}
         print(f"{bench:20} rustmalloc/{peer} median {s['median']:.3f} quartiles {s['q1']:.3f}-{s['q3']:.3f} "
               f"above 1 in {s['processes_above_1']}/{s['processes']} processes (p {s['p']:.3f}); "
-              f"ns/call {results[f'{bench}:{peer}']['ns'][0]:.2f} / {results[f'{bench}:{peer}']['ns'][1]:.2f}",
-              file=sys.stderr, flush=True)
+              f"ns/call {r['ns'][0]:.2f} / {r['ns'][1]:.2f}", file=sys.stderr, flush=True)
     lines = table(results)
     print("\n".join(lines))
     if a.out:
