@@ -379,8 +379,16 @@ unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize)
             if !(*page).free.is_null() {
                 return pop(h, page, class, domain);
             }
-            // Stops at the empty queue's sentinel too (see `EMPTY_PAGE`).
-            if (*page).purged != 0 || (*page).capacity < (*page).reserved {
+            if (*page).purged != 0 {
+                break;
+            }
+            // A page with uncarved room is carved here: a batch of in-order allocations then runs
+            // fast path, carve, fast path, with no queue walk, collection or purge check between.
+            // The empty queue's sentinel has "room" (see `EMPTY_PAGE`) and ends the walk.
+            if (*page).capacity < (*page).reserved {
+                if page != empty_page() && carve(h, page) {
+                    return pop(h, page, class, domain);
+                }
                 break;
             }
             leave_queue_full(q, page);
