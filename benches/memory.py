@@ -10,9 +10,13 @@ Each configuration runs each scenario in a fresh interpreter; RSS is the process
    waits) and one more second of allocation (the automatic policy), and read RSS again.
 2. "server": a loop of requests that each allocate and drop mixed-size objects while a slowly
    changing set of 20,000 entries survives; RSS sampled over time (plotted).
+3. "lists": build many lists of random lengths by ``list.append`` (of ``None``, so the lists'
+   item arrays, grown by realloc, are most of the memory) and read how much RSS grew: the cost
+   of the size classes above 512 bytes, which pymalloc hands to glibc's exact fit.
 Configurations: pymalloc, glibc, jemalloc and mimalloc where installed, rustmalloc,
 rustmalloc-noidle (RUSTMALLOC_IDLE_PURGE=0: without the idle purger thread; drop scenario only)
-and rustmalloc+trim (drop scenario only).
+and rustmalloc+trim (drop scenario only); with ``RUSTMALLOC_OTHER_BUILD`` set to the directory of
+another build's unpacked wheel, also rustmalloc-other (that build, first on the path).
 Results: <out>/memory.md (table, ratios to pymalloc) and <out>/memory_server.png.
 """
 
@@ -94,6 +98,18 @@ elif scenario == "server":
             samples.append((time.time() - start, rss_mb()))
     out["samples"] = samples
     out["final"] = rss_mb()
+elif scenario == "lists":
+    lo, hi = int(sys.argv[4]), int(sys.argv[5])
+    rng = random.Random(7)
+    before = rss_mb()
+    data = []
+    for _ in range(arg):
+        items = []
+        for _ in range(rng.randint(lo, hi)):
+            items.append(None)
+        data.append(items)
+    out["grown"] = rss_mb() - before
+    out["lists"] = len(data)
 out["peak"] = peak_mb()
 print(json.dumps(out))
 '''
@@ -110,7 +126,19 @@ def configurations():
             notes.append(f"{name}: not installed (apt-get install lib{name}...), skipped")
     configs += [("rustmalloc", {}), ("rustmalloc-noidle", {"RUSTMALLOC_IDLE_PURGE": "0"}),
                 ("rustmalloc+trim", {})]
+    other = os.environ.get("RUSTMALLOC_OTHER_BUILD")
+    if other:
+        if not os.path.isdir(other):
+            raise SystemExit("RUSTMALLOC_OTHER_BUILD must be the directory of another build's unpacked wheel")
+        path = os.pathsep.join(filter(None, [other, os.environ.get("PYTHONPATH")]))
+        configs.append(("rustmalloc-other", {"PYTHONPATH": path}))
     return configs, notes
+
+
+#: Scenario 3's shapes: (fewest items, most items, lists).
+LIST_SHAPES = [(1, 300, 400_000), (50, 150, 1_000_000), (100, 1000, 100_000)]
+#: Configurations that differ from another only in when memory is given back.
+SAME_AS_RUSTMALLOC = ("rustmalloc+trim", "rustmalloc-noidle")
 
 
 def run(config, env_extra, *args):
@@ -152,10 +180,18 @@ def main():
             print(f"drop 1/{every} {name}: {drop[(name, every)]}", flush=True)
     server = {}
     for name, env in configs:
-        if name in ("rustmalloc+trim", "rustmalloc-noidle"):
+        if name in SAME_AS_RUSTMALLOC:
             continue
         server[name] = run(name, env, "server", n_requests)
         print(f"server {name}: final {server[name]['final']:.0f} MB, peak {server[name]['peak']:.0f} MB", flush=True)
+    shapes = [(lo, hi, n // 100 if args.quick else n) for lo, hi, n in LIST_SHAPES]
+    lists = {}
+    for lo, hi, n in shapes:
+        for name, env in configs:
+            if name in SAME_AS_RUSTMALLOC:
+                continue
+            lists[(name, lo)] = run(name, env, "lists", n, lo, hi)["grown"]
+            print(f"lists {lo}..{hi} x{n} {name}: {lists[(name, lo)]:.0f} MB", flush=True)
 
     lines = [
         "# Memory given back",
@@ -193,6 +229,25 @@ def main():
         half = s[len(s) // 2][1] if s else r["final"]
         lines.append(f"| {name} | {r['peak']:.0f} | {r['final']:.0f} | {r['final'] - half:+.0f} | "
                      f"{r['final'] / base:.2f} |")
+    lines += [
+        "",
+        "## 3. Lists grown by `append`: how much RSS grew",
+        "",
+        "Lists of `None`, each of a random length in the range given, built one `append` at a time "
+        "and kept: their item arrays (grown by realloc, over-allocated by CPython by an eighth) are "
+        "most of the memory. MB, and the ratio to pymalloc's.",
+        "",
+        "| configuration | " + " | ".join(f"{lo}..{hi} items x{n:,}" for lo, hi, n in shapes) + " |",
+        "|---|" + "---:|" * len(shapes),
+    ]
+    for name, _ in configs:
+        if name in SAME_AS_RUSTMALLOC:
+            continue
+        cells = []
+        for lo, _, _ in shapes:
+            mb, base = lists[(name, lo)], lists[("pymalloc", lo)]
+            cells.append(f"{mb:.0f} ({mb / base:.2f})" if base > 0 else f"{mb:.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Notes: " + "; ".join(notes)]
     chart = os.path.join(args.out, "memory_server.png")

@@ -486,3 +486,28 @@ def test_micro_pingpong_worker_refuses_an_allocator_that_is_not_there():
         assert ns > 0 and faults >= 0
     finally:
         w.close()
+
+
+def test_memory_script_runs_every_scenario_and_tabulates_them(tmp_path):
+    """benches/memory.py --quick: the three scenarios ran on each configuration, and the lists
+    scenario's rows hold numbers and ratios to pymalloc."""
+    script = os.path.join(ROOT, "benches", "memory.py")
+    env = {k: v for k, v in os.environ.items() if k != "RUSTMALLOC_OTHER_BUILD"}
+    proc = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "memory.md").read_text()
+    for heading in ("## 1. Build", "## 2. Server-like loop", "## 3. Lists grown by `append`"):
+        assert heading in md
+    section = md.split("## 3.")[1].split("\n\n")[2].splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line for line in section if line.startswith("| ") and "---" not in line}
+    assert "pymalloc" in rows and "rustmalloc" in rows and "glibc" in rows
+    assert rows["pymalloc"].count("(1.00)") == 3
+    assert rows["rustmalloc"].count("(") == 3
+    # rustmalloc really served the drop scenario: trim() gave back a good part of what was built.
+    drop = md.split("## 1.")[1].split("## 2.")[0]
+    trim_rows = [line.strip("| ").split(" | ") for line in drop.splitlines() if line.startswith("| rustmalloc+trim |")]
+    assert len(trim_rows) == 2
+    for row in trim_rows:
+        built, after = float(row[2]), float(row[5])
+        assert after < 0.8 * built, row
