@@ -101,6 +101,16 @@ CALLGRIND_PURGE_DELAY_MS = 250 * 50
 CALLGRIND_HASH_SEED = "0"
 
 
+def other_build_pythonpath(pythonpath: Optional[str] = None) -> str:
+    """``PYTHONPATH`` for ``rustmalloc-other``: another build of rustmalloc, its wheel unpacked
+    into the directory ``$RUSTMALLOC_OTHER_BUILD``, first on the path (before ``pythonpath``).
+    Exits with what to do if that variable does not name a directory."""
+    other = os.environ.get("RUSTMALLOC_OTHER_BUILD", "")
+    if not os.path.isdir(other):
+        raise SystemExit("rustmalloc-other: set RUSTMALLOC_OTHER_BUILD to the directory of another build's unpacked wheel")
+    return os.pathsep.join(filter(None, [other, pythonpath]))
+
+
 def worker_env(config: Config, base: Optional[Dict[str, str]] = None, callgrind: bool = False) -> Dict[str, str]:
     env = dict(os.environ if base is None else base)
     for var in ("PYTHONMALLOC", "LD_PRELOAD", "RMBENCH_INSTALL", "RUSTMALLOC", "PYTHONTRACEMALLOC"):

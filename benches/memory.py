@@ -31,6 +31,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from configs import other_build_pythonpath  # noqa: E402
 
 PRELOADS = {
     "jemalloc": ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"],
@@ -126,12 +128,8 @@ def configurations():
             notes.append(f"{name}: not installed (apt-get install lib{name}...), skipped")
     configs += [("rustmalloc", {}), ("rustmalloc-noidle", {"RUSTMALLOC_IDLE_PURGE": "0"}),
                 ("rustmalloc+trim", {})]
-    other = os.environ.get("RUSTMALLOC_OTHER_BUILD")
-    if other:
-        if not os.path.isdir(other):
-            raise SystemExit("RUSTMALLOC_OTHER_BUILD must be the directory of another build's unpacked wheel")
-        path = os.pathsep.join(filter(None, [other, os.environ.get("PYTHONPATH")]))
-        configs.append(("rustmalloc-other", {"PYTHONPATH": path}))
+    if os.environ.get("RUSTMALLOC_OTHER_BUILD"):
+        configs.append(("rustmalloc-other", {"PYTHONPATH": other_build_pythonpath(os.environ.get("PYTHONPATH"))}))
     return configs, notes
 
 
@@ -178,18 +176,16 @@ def main():
         for name, env in configs:
             drop[(name, every)] = run(name, env, "drop", n_items, every)
             print(f"drop 1/{every} {name}: {drop[(name, every)]}", flush=True)
+    # The scenarios after the first measure what is built, not when it is given back.
+    measured = [(name, env) for name, env in configs if name not in SAME_AS_RUSTMALLOC]
     server = {}
-    for name, env in configs:
-        if name in SAME_AS_RUSTMALLOC:
-            continue
+    for name, env in measured:
         server[name] = run(name, env, "server", n_requests)
         print(f"server {name}: final {server[name]['final']:.0f} MB, peak {server[name]['peak']:.0f} MB", flush=True)
     shapes = [(lo, hi, n // 100 if args.quick else n) for lo, hi, n in LIST_SHAPES]
     lists = {}
     for lo, hi, n in shapes:
-        for name, env in configs:
-            if name in SAME_AS_RUSTMALLOC:
-                continue
+        for name, env in measured:
             lists[(name, lo)] = run(name, env, "lists", n, lo, hi)["grown"]
             print(f"lists {lo}..{hi} x{n} {name}: {lists[(name, lo)]:.0f} MB", flush=True)
 
@@ -240,9 +236,7 @@ def main():
         "| configuration | " + " | ".join(f"{lo}..{hi} items x{n:,}" for lo, hi, n in shapes) + " |",
         "|---|" + "---:|" * len(shapes),
     ]
-    for name, _ in configs:
-        if name in SAME_AS_RUSTMALLOC:
-            continue
+    for name, _ in measured:
         cells = []
         for lo, _, _ in shapes:
             mb, base = lists[(name, lo)], lists[("pymalloc", lo)]

@@ -182,8 +182,7 @@ def main() -> int:
         if bench not in specs:
             raise SystemExit(f"unknown benchmark {bench!r}; choose from {', '.join(specs)}")
         if peer == OTHER:
-            if not os.path.isdir(os.environ.get("RUSTMALLOC_OTHER_BUILD", "")):
-                raise SystemExit(f"{OTHER}: set RUSTMALLOC_OTHER_BUILD to the directory of another build's unpacked wheel")
+            cfgmod.other_build_pythonpath()  # exits now, before any run, if it is not there
         elif peer not in configs or peer.startswith("rustmalloc"):
             peers = ", ".join([*(n for n in configs if not n.startswith("rustmalloc")), OTHER])
             raise SystemExit(f"{item!r}: write BENCH:PEER with PEER one of {peers}")
@@ -196,8 +195,7 @@ def main() -> int:
     mine = cfgmod.worker_env(configs["rustmalloc"])
     for bench, peer in wanted:
         if peer == OTHER:
-            other_path = os.pathsep.join(filter(None, [os.environ["RUSTMALLOC_OTHER_BUILD"], mine.get("PYTHONPATH")]))
-            envs = [dict(mine, PYTHONPATH=other_path), mine]
+            envs = [dict(mine, PYTHONPATH=cfgmod.other_build_pythonpath(mine.get("PYTHONPATH"))), mine]
         else:
             envs = [cfgmod.worker_env(configs[peer]), mine]
         cpu = (a.cpu or None) if specs[bench].threads == 1 else None

@@ -46,6 +46,7 @@ from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from configs import other_build_pythonpath  # noqa: E402
 from pyperformance_rounds import sign_flip_p  # noqa: E402
 from report import geomean  # noqa: E402
 WORKER = "--pingpong-worker"
@@ -260,8 +261,8 @@ def main() -> int:
     configs = a.configs.split(",")
     if len(configs) != 2 or any(c not in CONFIGS for c in configs):
         raise SystemExit(f"--configs: two of {', '.join(CONFIGS)}, comma-separated (the same one twice measures the method)")
-    if "rustmalloc-other" in configs and not os.path.isdir(os.environ.get("RUSTMALLOC_OTHER_BUILD", "")):
-        raise SystemExit("rustmalloc-other: set RUSTMALLOC_OTHER_BUILD to the directory of another build's unpacked wheel")
+    if "rustmalloc-other" in configs:
+        other_build_pythonpath()  # exits now, before any run, if it is not there
     if a.processes < 1 or a.pairs < 1 or a.target_ms <= 0:
         raise SystemExit("--processes and --pairs must be at least 1, --target-ms above 0")
     cpu = None if a.cpu is not None and a.cpu < 0 else a.cpu
