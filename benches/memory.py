@@ -12,7 +12,8 @@ Each configuration runs each scenario in a fresh interpreter; RSS is the process
    changing set of 20,000 entries survives; RSS sampled over time (plotted).
 3. "lists": build many lists of random lengths by ``list.append`` (of ``None``, so the lists'
    item arrays, grown by realloc, are most of the memory) and read how much RSS grew: the cost
-   of the size classes above 512 bytes, which pymalloc hands to glibc's exact fit.
+   of an allocator's size classes above 512 bytes, where pymalloc hands requests to glibc's
+   exact fit.
 Configurations: pymalloc, glibc, jemalloc and mimalloc where installed, rustmalloc,
 rustmalloc-noidle (RUSTMALLOC_IDLE_PURGE=0: without the idle purger thread; drop scenario only)
 and rustmalloc+trim (drop scenario only); with ``RUSTMALLOC_OTHER_BUILD`` set to the directory of

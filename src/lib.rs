@@ -15,9 +15,9 @@
 //!        |         segment_map.rs: which segments are ours (the O(1) ownership test)
 //!   os.rs: mmap / munmap / mremap / madvise
 //! ```
-//! Sizes: `size_class.rs` (16-byte steps to 512, then 4 classes per doubling to 32 KiB); large
-//! blocks (to 2 MiB) are spans of pages; huge ones get their own mapping. `valgrind.rs`: the
-//! memcheck client requests of the `valgrind` feature (nothing without it).
+//! Sizes: `size_class.rs` (16-byte steps to 512, 16 classes per doubling to 8 KiB, then 4 to
+//! 32 KiB); large blocks (to 2 MiB) are spans of pages; huge ones get their own mapping.
+//! `valgrind.rs`: the memcheck client requests of the `valgrind` feature (nothing without it).
 //!
 //! Invariants that everything relies on:
 //! - every block lies in a segment registered in the ownership map, at an address 16-aligned;

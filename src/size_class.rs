@@ -1,9 +1,18 @@
 //! Size classes: request size -> class index -> block size.
 //!
-//! | requests      | step        | classes | block sizes                    |
-//! |---------------|-------------|---------|--------------------------------|
-//! | 0 ..= 512     | 16 bytes    | 32      | 16, 32, 48, ..., 512 (pymalloc's) |
-//! | 513 ..= 32768 | 4 per power | 24      | 640, 768, 896, 1024, 1280, ...  |
+//! | requests        | step            | classes | block sizes                         |
+//! |-----------------|-----------------|---------|-------------------------------------|
+//! | 0 ..= 512       | 16 bytes        | 32      | 16, 32, 48, ..., 512 (pymalloc's)   |
+//! | 513 ..= 8192    | 16 per doubling | 64      | 544, 576, ..., 1024, 1088, ..., 8192 |
+//! | 8193 ..= 32768  | 4 per doubling  | 8       | 10240, 12288, 14336, 16384, 20480, ... |
+//!
+//! Above 512 bytes pymalloc hands requests to glibc, which fits them to 16 bytes. The arrays of
+//! lists and of dict key tables mostly live there. Classes 16 per doubling (a block is less than
+//! a sixteenth over its request) keep list-heavy programs within 5% of pymalloc's RSS; 4 per
+//! doubling, as in mimalloc and jemalloc, cost them up to 10% (`benches/memory.py`, scenario 3).
+//! The price is more partly used pages (one per class in use) and more reallocs that move a
+//! growing array. Above 8 KiB few blocks are live and a 64 KiB page holds few of them, so the
+//! classes stay coarse there.
 //!
 //! Every block size is a multiple of 16, so every block is 16-byte aligned when its page is.
 //! Requests above `SMALL_MAX` are "large" (page spans) or "huge" (their own mapping): see `segment`.
@@ -14,14 +23,19 @@ pub const ALIGNMENT: usize = 16;
 pub const FINE_MAX: usize = 512;
 /// Classes below this index are the 16-byte-step ones.
 pub const FINE_CLASSES: usize = FINE_MAX / ALIGNMENT;
+/// Requests up to this many bytes (above `FINE_MAX`) use classes `MID_STEPS` per doubling.
+const MID_MAX: usize = 8 * 1024;
+/// Classes per doubling from `FINE_MAX` to `MID_MAX` (4 doublings).
+const MID_STEPS: usize = 16;
+/// Classes per doubling from `MID_MAX` to `SMALL_MAX` (2 doublings).
+const HIGH_STEPS: usize = 4;
 /// The largest request served from a size-class page.
 pub const SMALL_MAX: usize = 32 * 1024;
-/// Classes per doubling above `FINE_MAX`.
-const STEPS_PER_DOUBLING: usize = 4;
 /// Total number of size classes.
-pub const NUM_CLASSES: usize = FINE_CLASSES + STEPS_PER_DOUBLING * 6; // 512 -> 32 KiB is 6 doublings
+pub const NUM_CLASSES: usize = FINE_CLASSES + MID_STEPS * 4 + HIGH_STEPS * 2;
 
-const _: () = assert!(FINE_MAX % ALIGNMENT == 0 && SMALL_MAX == FINE_MAX << 6);
+const _: () = assert!(FINE_MAX << 4 == MID_MAX && MID_MAX << 2 == SMALL_MAX);
+const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
 
 /// A size class: its index and the size of its blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,30 +45,31 @@ pub struct SizeClass(pub u8);
 pub static BLOCK_SIZES: [u32; NUM_CLASSES] = {
     let mut t = [0u32; NUM_CLASSES];
     let mut c = 0;
+    let mut size: usize = 0;
     while c < NUM_CLASSES {
-        t[c] = if c < FINE_CLASSES {
-            ((c + 1) * ALIGNMENT) as u32
+        // Above `FINE_MAX`, each doubling from `base` to `2 * base` is cut into equal steps.
+        let base: usize = 1 << (usize::BITS - 1 - (size | 1).leading_zeros());
+        size += if size < FINE_MAX {
+            ALIGNMENT
+        } else if size < MID_MAX {
+            base / MID_STEPS
         } else {
-            let k = c - FINE_CLASSES;
-            let shift = 7 + k / STEPS_PER_DOUBLING; // 512 = 4 << 7
-            ((STEPS_PER_DOUBLING + 1 + k % STEPS_PER_DOUBLING) << shift) as u32
+            base / HIGH_STEPS
         };
+        t[c] = size as u32;
         c += 1;
     }
     t
 };
 
-/// Requests up to this many bytes find their class in `CLASS_OF` (one load, no arithmetic).
-pub const TABLE_MAX: usize = 1024;
-
-/// Class index per 16-byte step of request size: `CLASS_OF[(size + 15) >> 4]`, for
-/// `size <= TABLE_MAX` (0 and 1..=16 share class 0).
-static CLASS_OF: [u8; TABLE_MAX / ALIGNMENT + 1] = {
-    let mut t = [0u8; TABLE_MAX / ALIGNMENT + 1];
+/// Class index per 16-byte step of request size: `CLASS_OF[(size + 15) >> 4]`, for every
+/// `size <= SMALL_MAX` (0 and 1..=16 share class 0). 2 KiB; a request touches one byte of it.
+static CLASS_OF: [u8; SMALL_MAX / ALIGNMENT + 1] = {
+    let mut t = [0u8; SMALL_MAX / ALIGNMENT + 1];
     let mut i = 1;
+    let mut c = 0;
     while i < t.len() {
         let size = i * ALIGNMENT; // the largest request of this step
-        let mut c = 0;
         while (BLOCK_SIZES[c] as usize) < size {
             c += 1;
         }
@@ -70,12 +85,8 @@ impl SizeClass {
     #[inline(always)]
     pub fn of(size: usize) -> SizeClass {
         debug_assert!(size <= SMALL_MAX);
-        if size <= TABLE_MAX {
-            // SAFETY: `(size + 15) >> 4 <= TABLE_MAX / 16`, the table's last index.
-            SizeClass(unsafe { *CLASS_OF.get_unchecked((size + 15) >> 4) })
-        } else {
-            Self::coarse(size)
-        }
+        // SAFETY: `(size + 15) >> 4 <= SMALL_MAX / 16`, the table's last index.
+        SizeClass(unsafe { *CLASS_OF.get_unchecked((size + 15) >> 4) })
     }
 
     /// The class of a request of 1..=`FINE_MAX` bytes, with no table: `(size - 1) / 16`, one
@@ -88,14 +99,6 @@ impl SizeClass {
         } else {
             None
         }
-    }
-
-    #[inline]
-    fn coarse(size: usize) -> SizeClass {
-        let n = size - 1;
-        let msb = usize::BITS - 1 - n.leading_zeros(); // 9 for 513..=1024
-        let sub = (n >> (msb - 2)) & (STEPS_PER_DOUBLING - 1);
-        SizeClass((FINE_CLASSES + (msb as usize - 9) * STEPS_PER_DOUBLING + sub) as u8)
     }
 
     #[inline(always)]
@@ -117,7 +120,7 @@ mod tests {
     fn table_is_increasing_and_aligned() {
         assert_eq!(BLOCK_SIZES[0], 16);
         assert_eq!(BLOCK_SIZES[FINE_CLASSES - 1], 512);
-        assert_eq!(BLOCK_SIZES[FINE_CLASSES], 640);
+        assert_eq!(BLOCK_SIZES[FINE_CLASSES], 544);
         assert_eq!(BLOCK_SIZES[NUM_CLASSES - 1] as usize, SMALL_MAX);
         for w in BLOCK_SIZES.windows(2) {
             assert!(w[0] < w[1]);
@@ -142,6 +145,19 @@ mod tests {
     }
 
     #[test]
+    fn rounding_stays_within_a_sixteenth_up_to_mid_max() {
+        // What keeps list and dict arrays near glibc's exact fit (see the module doc).
+        for size in FINE_MAX + 1..=MID_MAX {
+            let block = SizeClass::of(size).block_size();
+            assert!((block - size) * 16 < size, "size {size}: block {block}");
+        }
+        for size in MID_MAX + 1..=SMALL_MAX {
+            let block = SizeClass::of(size).block_size();
+            assert!((block - size) * 4 < size, "size {size}: block {block}");
+        }
+    }
+
+    #[test]
     fn fine_agrees_with_the_table() {
         assert_eq!(SizeClass::fine(0), None);
         assert_eq!(SizeClass::fine(FINE_MAX + 1), None);
@@ -161,8 +177,13 @@ mod tests {
         assert_eq!(SizeClass::of(16), SizeClass(0));
         assert_eq!(SizeClass::of(17), SizeClass(1));
         assert_eq!(SizeClass::of(512).block_size(), 512);
-        assert_eq!(SizeClass::of(513).block_size(), 640);
-        assert_eq!(SizeClass::of(1025).block_size(), 1280);
+        assert_eq!(SizeClass::of(513).block_size(), 544);
+        assert_eq!(SizeClass::of(1025).block_size(), 1088);
         assert_eq!(SizeClass::of(2048).block_size(), 2048);
+        assert_eq!(SizeClass::of(2049).block_size(), 2176);
+        assert_eq!(SizeClass::of(8192).block_size(), 8192);
+        assert_eq!(SizeClass::of(8193).block_size(), 10240);
+        assert_eq!(SizeClass::of(SMALL_MAX).block_size(), SMALL_MAX);
+        assert_eq!(NUM_CLASSES, 104);
     }
 }
