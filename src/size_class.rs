@@ -47,14 +47,17 @@ pub static BLOCK_SIZES: [u32; NUM_CLASSES] = {
     let mut c = 0;
     let mut size: usize = 0;
     while c < NUM_CLASSES {
-        // Above `FINE_MAX`, each doubling from `base` to `2 * base` is cut into equal steps.
-        let base: usize = 1 << (usize::BITS - 1 - (size | 1).leading_zeros());
         size += if size < FINE_MAX {
             ALIGNMENT
-        } else if size < MID_MAX {
-            base / MID_STEPS
         } else {
-            base / HIGH_STEPS
+            // Each doubling from `base` to `2 * base` is cut into equal steps.
+            let base = 1usize << (usize::BITS - 1 - size.leading_zeros());
+            let steps = if size < MID_MAX {
+                MID_STEPS
+            } else {
+                HIGH_STEPS
+            };
+            base / steps
         };
         t[c] = size as u32;
         c += 1;
