@@ -24,7 +24,7 @@ fn pairs<const S: bool>(h: *mut Heap, size: usize, n: usize) -> f64 {
         unsafe {
             let p = alloc_counted::<S>(h, black_box(size), OBJ);
             *p = 1;
-            free_counted::<S>(h, black_box(p));
+            free_counted::<S>(h, black_box(p), OBJ);
         }
     }
     t.elapsed().as_nanos() as f64 / (2 * n) as f64
@@ -43,7 +43,7 @@ fn batch<const S: bool>(h: *mut Heap, ptrs: &mut [*mut u8], sizes: &[usize]) -> 
     }
     for &p in ptrs.iter() {
         // SAFETY: as above; each block is freed once.
-        unsafe { free_counted::<S>(h, p) };
+        unsafe { free_counted::<S>(h, p, OBJ) };
     }
     t.elapsed().as_nanos() as f64 / (2 * ptrs.len()) as f64
 }

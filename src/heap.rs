@@ -87,6 +87,9 @@ pub struct Heap {
     pub last: [*mut Page; DOMAINS * QUEUE_STRIDE],
     /// Segments that have at least one free page (doubly linked through the headers).
     pub segments: *mut SegmentHeader,
+    /// Every segment of this heap (linked through `all_next`/`all_prev`): what `local_frees`
+    /// walks.
+    pub all_segments: *mut SegmentHeader,
     /// How many of those are entirely empty.
     pub empty_segments: u32,
     pub counters: Counters,
@@ -137,6 +140,7 @@ impl Heap {
             first: [empty_page(); DOMAINS * QUEUE_STRIDE],
             last: [null_mut(); DOMAINS * QUEUE_STRIDE],
             segments: null_mut(),
+            all_segments: null_mut(),
             empty_segments: 0,
             counters: Counters::new(),
             next_purge_ms: 0,
@@ -239,7 +243,7 @@ unsafe fn page_queue(h: *mut Heap, page: *mut Page) -> PageQueue {
 #[inline(always)]
 unsafe fn rejoin_queue(h: *mut Heap, page: *mut Page) {
     (*page).full = false;
-    (*page).local.store(h, Relaxed);
+    (*page).local.store(local_tag(h, (*page).domain as usize), Relaxed);
     queue_push_back(page_queue(h, page), page);
     (*h).counters.note_available((*page).block_size as u64);
 }
@@ -618,6 +622,7 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
         (*h).unmapped_bytes = (*h).unmapped_bytes.saturating_sub(SEGMENT_SIZE as u64);
     }
     segment_list_push(h, seg);
+    all_segments_push(h, seg);
     let page = take_pages_from(h, seg, count, kind);
     debug_assert!(!page.is_null());
     page
@@ -639,28 +644,50 @@ unsafe fn take_pages_from(
     page
 }
 
-/// Free a block of ours, counting it on `h`, the caller's heap: locally if `h` owns it, else
-/// onto its owner's remote stack.
+/// `Page::local` of a small, not-full page of `h` in `domain`: `h`'s address plus the domain
+/// (heaps are 64-byte aligned, so the tag never reaches the next heap). RAW pages' tag is 0.
+#[inline(always)]
+pub fn local_tag(h: *mut Heap, domain: usize) -> *mut Heap {
+    debug_assert!(domain < DOMAINS);
+    (h as *mut u8).wrapping_add(domain) as *mut Heap
+}
+
+const _: () = assert!(core::mem::align_of::<Heap>() >= 4 && DOMAINS <= 4);
+
+/// Free a block of ours, whatever its domain, counting it on `h`, the caller's heap: locally if
+/// `h` owns it, else onto its owner's remote stack. (The hooks use `free_in`, which knows the
+/// domain as a constant.)
 ///
 /// # Safety
 /// `p` is a live block of ours (`segment_map::owns(p)`), and the caller is `h`'s owner.
 #[inline(always)]
 pub unsafe fn free(h: *mut Heap, p: *mut u8) {
-    vg::free_like(p);
-    free_counted::<true>(h, p)
+    // A huge block's `page_of` slot is zeroed: domain 0, `local` null (the slow path).
+    free_in(h, p, (*page_of(p)).domain as usize)
 }
 
-/// `free`, with the fast path's statistics compiled in or out (see `alloc_counted`).
+/// Free a block of ours through `domain`'s free function (the block may be of another domain:
+/// then it takes the slow path), counting it on `h` as `free` does.
 ///
 /// # Safety
-/// As for `free`.
+/// As for `free`, and `domain < DOMAINS`.
 #[inline(always)]
-pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
+pub unsafe fn free_in(h: *mut Heap, p: *mut u8, domain: usize) {
+    vg::free_like(p);
+    free_counted::<true>(h, p, domain)
+}
+
+/// `free_in`, with the fast path's statistics compiled in or out (see `alloc_counted`).
+///
+/// # Safety
+/// As for `free_in`.
+#[inline(always)]
+pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8, domain: usize) {
     // For a huge block, `page_of` is a zeroed slot of its segment's header (see `HUGE_OFFSET`).
     let page = page_of(p);
-    // `local == h`: a small page of `h`, not full (see `Page::local`).
-    if (*page).local.load(Relaxed) == h {
-        free_to_local_page::<STATS>(h, page, p);
+    // A small page of `h` in `domain`, not full (see `Page::local`).
+    if (*page).local.load(Relaxed) == local_tag(h, domain) {
+        free_to_local_page::<STATS>(h, page, p, domain);
         return;
     }
     free_slow(h, page, p);
@@ -669,17 +696,43 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8) {
 /// The free fast path proper: `p` goes back on `page`'s free list.
 ///
 /// # Safety
-/// The caller is `h`'s owner; `p` is a live block of `page`, and `(*page).local == h`.
+/// The caller is `h`'s owner; `p` is a live block of `page`, and
+/// `(*page).local == local_tag(h, domain)`.
 #[inline(always)]
-pub unsafe fn free_to_local_page<const STATS: bool>(h: *mut Heap, page: *mut Page, p: *mut u8) {
+pub unsafe fn free_to_local_page<const STATS: bool>(
+    h: *mut Heap,
+    page: *mut Page,
+    p: *mut u8,
+    domain: usize,
+) {
     if STATS {
-        // SAFETY: `counter` is set by `init_small_page` from a valid domain and class, so it
-        // indexes the flattened `frees` array in bounds.
-        (*h).counters.free_counter((*page).counter as usize).add(1);
+        count_local_free(h, page, domain);
     }
     link_free(page, p);
     if (*page).used == 0 && !sole_page(h, page) {
         page_became_free_or_unfull(h, page);
+    }
+}
+
+/// Count a free by `h` of a block of its own small page `page` of `domain` (see the stats
+/// module doc): a RAW block in its class's counter, a MEM or OBJ block as bytes in a counter at
+/// a fixed address (`domain` is a constant on the fast paths), its class derived on reading.
+///
+/// # Safety
+/// The caller is `h`'s owner; `page` is a small page of `h` in `domain`.
+#[inline(always)]
+unsafe fn count_local_free(h: *mut Heap, page: *mut Page, domain: usize) {
+    debug_assert_eq!((*page).domain as usize, domain);
+    let c = &(*h).counters;
+    if domain == crate::RAW {
+        // SAFETY: `counter` is set by `init_small_page` from a valid domain and class, so it
+        // indexes the flattened `frees` array in bounds.
+        c.free_counter((*page).counter as usize).add(1);
+    } else {
+        // SAFETY: `domain < DOMAINS` (callers' contract).
+        c.local_bytes
+            .get_unchecked(domain)
+            .add((*page).block_size as u64);
     }
 }
 
@@ -707,8 +760,8 @@ unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
     }
 }
 
-/// A free the fast path turned away: a huge or large block, a block of a full page, or one of
-/// another heap.
+/// A free the fast path turned away: a huge or large block, a block of a full page, one of
+/// another domain's page (freed through the wrong domain's function), or one of another heap.
 ///
 /// # Safety
 /// As for `free`; `page` is `page_of(p)`.
@@ -717,16 +770,11 @@ unsafe fn push_free(h: *mut Heap, page: *mut Page, p: *mut u8) {
 unsafe extern "C" fn free_slow(h: *mut Heap, page: *mut Page, p: *mut u8) {
     let seg = segment_of(p);
     if (*seg).owner == h && (*page).kind == PageKind::Small {
-        // A full page of ours (the commonest case here): it gets the block and rejoins its
-        // queue at the back (see the module doc). Nothing on this path can panic.
-        debug_assert!((*page).full);
-        // SAFETY: `counter` indexes the flattened `frees` array (see `free_counted`).
-        (*h).counters.free_counter((*page).counter as usize).add(1);
-        link_free(page, p);
-        rejoin_queue(h, page);
-        if (*page).used == 0 {
-            page_became_free_or_unfull(h, page);
-        }
+        // A small page of ours: full (the commonest case here: it gets the block and rejoins its
+        // queue at the back, see the module doc) or of the other GIL domain. Nothing on this
+        // path can panic.
+        count_local_free(h, page, (*page).domain as usize);
+        push_free(h, page, p);
         return;
     }
     free_slower(h, seg, page, p);
@@ -811,7 +859,12 @@ pub unsafe fn collect_remote(h: *mut Heap) {
     let mut b = (*h).remote.swap(null_mut(), Acquire);
     while !b.is_null() {
         let next = vg::read_link(b);
-        free_local_uncounted(h, page_of(b), b);
+        let page = page_of(b);
+        if (*page).kind == PageKind::Small {
+            let c = &(*h).counters;
+            c.collected[(*page).domain as usize][(*page).class as usize].add(1);
+        }
+        free_local_uncounted(h, page, b);
         (*h).remote_collected += 1;
         b = next;
     }
@@ -1044,6 +1097,31 @@ unsafe fn segment_list_push(h: *mut Heap, seg: *mut SegmentHeader) {
 }
 
 /// # Safety
+/// The caller is `h`'s owner; `seg` is a new segment of `h`.
+unsafe fn all_segments_push(h: *mut Heap, seg: *mut SegmentHeader) {
+    (*seg).all_prev = null_mut();
+    (*seg).all_next = (*h).all_segments;
+    if !(*h).all_segments.is_null() {
+        (*(*h).all_segments).all_prev = seg;
+    }
+    (*h).all_segments = seg;
+}
+
+/// # Safety
+/// The caller is `h`'s owner; `seg` is a segment of `h` about to be released.
+unsafe fn all_segments_remove(h: *mut Heap, seg: *mut SegmentHeader) {
+    let (prev, next) = ((*seg).all_prev, (*seg).all_next);
+    if prev.is_null() {
+        (*h).all_segments = next;
+    } else {
+        (*prev).all_next = next;
+    }
+    if !next.is_null() {
+        (*next).all_prev = prev;
+    }
+}
+
+/// # Safety
 /// The caller is `h`'s owner; `seg` is on `h`'s list.
 unsafe fn segment_list_remove(h: *mut Heap, seg: *mut SegmentHeader) {
     let (prev, next) = ((*seg).prev, (*seg).next);
@@ -1124,7 +1202,7 @@ pub unsafe fn idle_look(h: *mut Heap, now: u64) -> Option<u64> {
     let moved = |h: *mut Heap| {
         let seen = (*h)
             .counters
-            .frees_total()
+            .free_activity()
             .wrapping_add((*h).remote_collected);
         let moved = seen != (*h).idle_frees_seen || !(*h).remote.load(Relaxed).is_null();
         (*h).idle_frees_seen = seen;
@@ -1250,6 +1328,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
         };
         if unmap {
             segment_list_remove(h, seg);
+            all_segments_remove(h, seg);
             (*h).empty_segments -= 1;
             // What leaves RAM: the dirty pages and the metadata page.
             let resident = ((*seg).dirty_pages.count_ones() as usize + 1) * PAGE_SIZE;
@@ -1323,7 +1402,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
             assert!((*page).kind == PageKind::Small && !(*page).full);
             assert_eq!(
                 (*page).local.load(Relaxed),
-                h,
+                local_tag(h, domain),
                 "a queued page's fast-path owner"
             );
             assert_eq!(
@@ -1353,4 +1432,75 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         }
         assert_eq!(*q.last, prev);
     }
+    // Every segment is on the list of all segments, and the frees derived from the pages add
+    // up to the bytes the fast paths counted.
+    let mut seg = (*h).all_segments;
+    let mut prev_seg: *mut SegmentHeader = null_mut();
+    let (mut all, mut listed) = (0usize, 0usize);
+    while !seg.is_null() {
+        assert!((*seg).owner == h && (*seg).kind == SegmentKind::Pages);
+        assert_eq!((*seg).all_prev, prev_seg, "all-segments list: broken prev link");
+        all += 1;
+        assert!(all <= 1 << 22, "all-segments list: cycle");
+        listed += (*seg).in_list as usize;
+        prev_seg = seg;
+        seg = (*seg).all_next;
+    }
+    assert_eq!(listed, seen, "a segment with free pages is missing from the all-segments list");
+    let local = local_frees(h);
+    for d in 0..DOMAINS {
+        let bytes = (0..NUM_CLASSES).fold(0u64, |sum, c| {
+            sum.wrapping_add(local[d][c].wrapping_mul(crate::size_class::BLOCK_SIZES[c] as u64))
+        });
+        assert_eq!(
+            bytes,
+            (*h).counters.local_bytes[d].get(),
+            "domain {d}: local frees derived from the pages do not add up to the bytes counted"
+        );
+    }
+}
+
+/// This heap's frees of its own MEM/OBJ blocks into its pages, per (domain, class): the fast
+/// path counts only their bytes (`Counters::local_bytes`), so the classes are derived here
+/// from what the pages hold. Every block `h` handed out from a page of (d, c) is still
+/// counted in a page's `used` (which keeps blocks others freed until they are collected), or
+/// came back: taken off the remote stack (`collected`) or freed by `h` itself. Pages go back to
+/// their segment only with `used == 0`, so `allocs - collected - Σ used` is exact at any time
+/// the owner is not mid-call. O(segments of `h`); the RAW entries are 0 (counted as freed).
+///
+/// # Safety
+/// The caller is `h`'s owner (it reads `used`, which only the owner writes).
+pub unsafe fn local_frees(h: *mut Heap) -> [[u64; NUM_CLASSES]; DOMAINS] {
+    let mut used = [[0u64; NUM_CLASSES]; DOMAINS];
+    let mut seg = (*h).all_segments;
+    while !seg.is_null() {
+        // Page 0 holds the metadata; a large span's descriptor is its first page's.
+        let mut i = 1;
+        while i < segment::PAGES_PER_SEGMENT {
+            let page = segment::page_at(seg, i);
+            match (*page).kind {
+                PageKind::Small => {
+                    used[(*page).domain as usize][(*page).class as usize] += (*page).used as u64;
+                    i += 1;
+                }
+                PageKind::Large => i += (*page).span as usize,
+                PageKind::Free => i += 1,
+            }
+        }
+        seg = (*seg).all_next;
+    }
+    let c = &(*h).counters;
+    let mut local = [[0u64; NUM_CLASSES]; DOMAINS];
+    for d in 0..DOMAINS {
+        if d == crate::RAW {
+            continue;
+        }
+        for k in 0..NUM_CLASSES {
+            local[d][k] = c.allocs[d][k]
+                .get()
+                .wrapping_sub(c.collected[d][k].get())
+                .wrapping_sub(used[d][k]);
+        }
+    }
+    local
 }

@@ -119,13 +119,14 @@ pub unsafe fn gil_realloc(domain: usize, p: *mut u8, size: usize) -> *mut u8 {
     heap::realloc(gil_heap(), p, size, domain)
 }
 
-/// Free a block of ours through MEM or OBJ: whichever heap owns it gets it back.
+/// Free a block of ours through MEM or OBJ (`domain`, the function called; the block may be of
+/// any domain): whichever heap owns it gets it back.
 ///
 /// # Safety
 /// As for `gil_malloc`, and `p` is a live block of ours.
 #[inline(always)]
-pub unsafe fn gil_free(p: *mut u8) {
-    heap::free(gil_heap(), p)
+pub unsafe fn gil_free(domain: usize, p: *mut u8) {
+    heap::free_in(gil_heap(), p, domain)
 }
 
 /// RAW allocation, from any thread.
@@ -186,16 +187,24 @@ unsafe extern "C" fn raw_free_other(p: *mut u8) {
 }
 
 /// Every heap's counters, summed.
-pub fn summary() -> stats::Summary {
+///
+/// # Safety
+/// The caller holds the GIL (or, in tests, is the only user of the GIL heap): the GIL heap's
+/// frees per class are derived from its pages (`heap::local_frees`).
+pub unsafe fn summary() -> stats::Summary {
     let mut sum = stats::Summary::new();
-    // SAFETY: the counters are atomics; reading them needs no ownership.
-    sum.add(unsafe { &(*gil_heap()).counters });
+    // The counters are atomics: reading them needs no ownership.
+    sum.add(&(*gil_heap()).counters);
+    sum.add_local_frees(&heap::local_frees(gil_heap()));
     raw_heap::add_counters(&mut sum);
     sum
 }
 
 /// Per-domain totals, summed over every heap.
-pub fn domain_totals() -> [stats::DomainTotals; 3] {
+///
+/// # Safety
+/// As for `summary`.
+pub unsafe fn domain_totals() -> [stats::DomainTotals; 3] {
     let sum = summary();
     [sum.domain(RAW), sum.domain(MEM), sum.domain(OBJ)]
 }

@@ -121,7 +121,7 @@ macro_rules! gil_free_hooks {
             if $owns(p as *const u8) {
                 // SAFETY: as above. Whichever heap owns the block gets it back, so a MEM/OBJ
                 // (or RAW) mix-up cannot corrupt anything.
-                unsafe { crate::gil_free(p as *mut u8) };
+                unsafe { crate::gil_free($domain, p as *mut u8) };
             } else {
                 forward_free($domain, p);
             }
@@ -311,7 +311,7 @@ macro_rules! checking {
                     size,
                     &call,
                     |n| alloc_for($domain, raw, n),
-                    |q| free_for(raw, q),
+                    |q| free_for($domain, raw, q),
                 ) as *mut c_void
             }
         }
@@ -327,7 +327,7 @@ macro_rules! checking {
                 function: $names[3],
             };
             // SAFETY: as above.
-            unsafe { crate::check::free(p as *mut u8, &call, |q| free_for(raw, q)) }
+            unsafe { crate::check::free(p as *mut u8, &call, |q| free_for($domain, raw, q)) }
         }
     };
 }
@@ -342,13 +342,13 @@ fn alloc_for(domain: usize, raw: bool, n: usize) -> *mut u8 {
     }
 }
 
-fn free_for(raw: bool, p: *mut u8) {
+fn free_for(domain: usize, raw: bool, p: *mut u8) {
     // SAFETY: `p` is a live block of ours leaving the quarantine; both route it to its owner.
     unsafe {
         if raw {
             crate::raw_free(p)
         } else {
-            crate::gil_free(p)
+            crate::gil_free(domain, p)
         }
     }
 }
@@ -653,7 +653,8 @@ type OsTuple = (usize, usize, usize, usize, usize, usize, u64);
 ///  heaps: (RAW heaps created, abandoned)).
 #[pyfunction]
 fn _snapshot(_py: Python<'_>) -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (usize, usize)) {
-    let sum = crate::summary();
+    // SAFETY: `Python<'_>` proves the GIL is held.
+    let sum = unsafe { crate::summary() };
     let domains = (0..3)
         .map(|d| {
             let t = sum.domain(d);
@@ -702,8 +703,9 @@ fn _snapshot(_py: Python<'_>) -> (Vec<DomainTuple>, Vec<ClassTuple>, OsTuple, (u
 /// Process-wide running totals for `track()`: (bytes allocated, bytes freed, blocks allocated,
 /// blocks freed, bytes live, peak of bytes live since the last reset), all domains.
 #[pyfunction]
-fn _track_totals() -> (u64, u64, u64, u64, u64, u64) {
-    let sum = crate::summary();
+fn _track_totals(_py: Python<'_>) -> (u64, u64, u64, u64, u64, u64) {
+    // SAFETY: `Python<'_>` proves the GIL is held.
+    let sum = unsafe { crate::summary() };
     let mut t = (0u64, 0u64, 0u64, 0u64, sum.live_all(), sum.peak_all);
     for d in 0..3 {
         let x = sum.domain(d);

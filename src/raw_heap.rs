@@ -208,7 +208,9 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
         return false;
     };
     let page = crate::segment::page_of(p);
-    let h = (*page).local.load(Relaxed);
+    // Untagged (`heap::local_tag`): a MEM/OBJ page then reads as the GIL heap, whose
+    // `owner_tp` is 0.
+    let h = ((*page).local.load(Relaxed) as usize & !3) as *mut Heap;
     // Only RAW heaps have an `owner_tp`, and only their owner's thread pointer is found there.
     if h.is_null() || (*h).owner_tp.load(Relaxed) != tp {
         return false;
@@ -216,9 +218,9 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     // As `heap::free` does.
     crate::valgrind::free_like(p);
     // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
-    // `page.local == h`.
+    // `page.local == h`, `local_tag(h, RAW)`.
     while_busy(h as *mut RawHeap, |h| {
-        heap::free_to_local_page::<true>(h, page, p)
+        heap::free_to_local_page::<true>(h, page, p, crate::RAW)
     });
     true
 }

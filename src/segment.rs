@@ -91,6 +91,9 @@ pub struct SegmentHeader {
     pub next: *mut SegmentHeader,
     pub prev: *mut SegmentHeader,
     pub in_list: bool,
+    /// Links in the owner's list of all its segments (`Heap::all_segments`).
+    pub all_next: *mut SegmentHeader,
+    pub all_prev: *mut SegmentHeader,
     /// Bit i set: free page i may hold resident memory (it was used and not decommitted since).
     pub dirty_pages: u64,
     /// Bit i set: free page i was decommitted by a purge (taking it again faults it back in; the
@@ -120,10 +123,12 @@ pub struct Page {
     pub domain: u8,
     /// Not in its queue because it had no free block.
     pub full: bool,
-    /// The heap whose owner frees into this page on the fast path: the owning heap while this
-    /// is a small page that is not full, else null (full, a large span, a free page, and the
-    /// descriptor slot a huge block's pointer maps to). One compare then stands for "ours, small,
-    /// not full", so the free fast path reads no segment header.
+    /// The heap whose owner frees into this page on the fast path, tagged with the page's domain
+    /// (`heap::local_tag`: the heap's address plus the domain) while this is a small page that
+    /// is not full, else null (full, a large span, a free page, and the descriptor slot a huge
+    /// block's pointer maps to). One compare then stands for "ours, small, not full, and of the
+    /// domain whose function frees it", so the free fast path reads no segment header and knows
+    /// the block's domain (a constant of the hook) for its counter.
     ///
     /// Atomic because threads that do not own the page read it (a free of another heap's block)
     /// while the owner changes it; Relaxed loads and stores, plain moves on x86_64 and aarch64.
@@ -310,6 +315,8 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             next: null_mut(),
             prev: null_mut(),
             in_list: false,
+            all_next: null_mut(),
+            all_prev: null_mut(),
             dirty_pages: 0,
             purged_pages: 0,
             mapped: SEGMENT_SIZE,
@@ -456,7 +463,7 @@ fn find_run(bits: u64, count: usize) -> Option<usize> {
 /// `page` was just returned by `take_pages(seg, 1, PageKind::Small)`.
 pub unsafe fn init_small_page(page: *mut Page, class: SizeClass, domain: u8) {
     (*page).local.store(
-        (*segment_of(page as *const u8)).owner,
+        crate::heap::local_tag((*segment_of(page as *const u8)).owner, domain as usize),
         core::sync::atomic::Ordering::Relaxed,
     );
     let bs = class.block_size() as u32;
@@ -735,6 +742,8 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             next: null_mut(),
             prev: null_mut(),
             in_list: false,
+            all_next: null_mut(),
+            all_prev: null_mut(),
             dirty_pages: 0,
             purged_pages: 0,
             mapped,

@@ -5,6 +5,17 @@
 //! atomic read-modify-write: the fast path pays one add. Readers on other threads load the
 //! values (`Relaxed`) and add up every heap's counters.
 //!
+//! One exception keeps the free fast path to a counter at a fixed address: a heap's frees of
+//! MEM and OBJ blocks into its own pages add the block's size to `local_bytes[domain]` (the
+//! domain is the hook's, a constant) and count no class. Live bytes, and so the peaks, stay
+//! exact at any time; the per-class counts of those frees are derived when the statistics are
+//! read, by whoever may walk the heap's pages (its owner: the GIL holder for the GIL heap),
+//! from `allocs - collected - used` (see `heap::local_frees`). A counter indexed by the
+//! block's class, an address that waits on the load of the page's descriptor, cost the free
+//! fast path about a third of its time on tight batches of frees (session 17's benchmarks).
+//! RAW blocks are counted per class as they are freed: other threads read RAW heaps'
+//! counters and cannot walk their pages.
+//!
 //! A counter records what the *caller* did, indexed by the domain and class of the *block*:
 //! a free through another domain's function, or from another thread, is counted by the thread
 //! that called free, against the domain whose page the block lives in. So in-use figures,
@@ -50,8 +61,13 @@ impl Counter {
 pub struct Counters {
     /// Blocks handed out, per domain and class (`LARGE_SLOT`: large and huge blocks).
     pub allocs: [[Counter; SLOTS]; DOMAINS],
-    /// Blocks freed, likewise.
+    /// Blocks freed, likewise, except this heap's frees of MEM/OBJ blocks into its own pages.
     pub frees: [[Counter; SLOTS]; DOMAINS],
+    /// Bytes of this heap's own MEM/OBJ blocks it freed into its pages (see the module doc).
+    pub local_bytes: [Counter; DOMAINS],
+    /// Blocks of this heap's small pages that others freed and this heap took back off its
+    /// remote stack (`heap::collect_remote`), per (domain, class).
+    pub collected: [[Counter; NUM_CLASSES]; DOMAINS],
     /// Bytes of large and huge blocks handed out and freed (their 16-byte-rounded sizes).
     pub large_bytes_allocated: [Counter; DOMAINS],
     pub large_bytes_freed: [Counter; DOMAINS],
@@ -77,6 +93,8 @@ impl Counters {
         Counters {
             allocs: [const { [const { Counter::new() }; SLOTS] }; DOMAINS],
             frees: [const { [const { Counter::new() }; SLOTS] }; DOMAINS],
+            local_bytes: [const { Counter::new() }; DOMAINS],
+            collected: [const { [const { Counter::new() }; NUM_CLASSES] }; DOMAINS],
             large_bytes_allocated: [const { Counter::new() }; DOMAINS],
             large_bytes_freed: [const { Counter::new() }; DOMAINS],
             foreign_frees: [const { Counter::new() }; DOMAINS],
@@ -100,12 +118,14 @@ impl Counters {
         &*(self.frees.as_ptr() as *const Counter).add(index)
     }
 
-    /// Blocks this heap freed, all domains and classes together (it moves on every free).
-    pub fn frees_total(&self) -> u64 {
+    /// A figure that moves on every free this heap makes (blocks counted per class plus bytes
+    /// of local MEM/OBJ frees: for telling whether it freed anything, not how much).
+    pub fn free_activity(&self) -> u64 {
+        let bytes = self.local_bytes.iter().fold(0u64, |sum, c| sum.wrapping_add(c.get()));
         self.frees
             .iter()
             .flatten()
-            .fold(0u64, |sum, c| sum.wrapping_add(c.get()))
+            .fold(bytes, |sum, c| sum.wrapping_add(c.get()))
     }
 
     /// Bytes live in `domain` by this heap's counters (allocated minus freed; "negative", as a
@@ -113,7 +133,8 @@ impl Counters {
     pub fn live(&self, domain: usize) -> u64 {
         let mut live = self.large_bytes_allocated[domain]
             .get()
-            .wrapping_sub(self.large_bytes_freed[domain].get());
+            .wrapping_sub(self.large_bytes_freed[domain].get())
+            .wrapping_sub(self.local_bytes[domain].get());
         for c in 0..NUM_CLASSES {
             let n = self.allocs[domain][c]
                 .get()
@@ -281,6 +302,15 @@ impl Summary {
         self.peak_all = self
             .peak_all
             .wrapping_add((live_all as i64).max(peak_all as i64) as u64);
+    }
+
+    /// Add a heap's local MEM/OBJ frees per class (`heap::local_frees`) to the frees.
+    pub fn add_local_frees(&mut self, local: &[[u64; NUM_CLASSES]; DOMAINS]) {
+        for d in 0..DOMAINS {
+            for c in 0..NUM_CLASSES {
+                self.frees[d][c] = self.frees[d][c].wrapping_add(local[d][c]);
+            }
+        }
     }
 
     /// Live bytes of all domains (never below zero: see `not_below_zero`).

@@ -14,6 +14,13 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `crate::domain_totals`, which the GIL heap's user calls: every test holds `SERIAL` while it
+/// uses the GIL heap, and reads the totals on the thread that does.
+fn domain_totals() -> [stats::DomainTotals; 3] {
+    // SAFETY: as above.
+    unsafe { crate::domain_totals() }
+}
+
 /// xorshift64*: a small seeded generator, so a failure replays exactly.
 struct Rng(u64);
 impl Rng {
@@ -86,7 +93,7 @@ unsafe fn free_in(domain: usize, p: *mut u8) {
     if domain == RAW {
         raw_free(p)
     } else {
-        gil_free(p)
+        gil_free(domain, p)
     }
 }
 
@@ -221,7 +228,7 @@ fn stats_count_blocks_at_their_class_size() {
     );
     // Freed through the "wrong" domains: still counted against the domains that own them.
     for p in ps {
-        unsafe { gil_free(p) };
+        unsafe { gil_free(MEM, p) };
     }
     unsafe { raw_free(q) };
     unsafe { check_gil_heap() };
@@ -262,7 +269,7 @@ fn peaks_are_sampled_and_reset() {
         .map(|_| unsafe { gil_malloc(MEM, 64) })
         .collect();
     for p in ps {
-        unsafe { gil_free(p) };
+        unsafe { gil_free(MEM, p) };
     }
     let t = domain_totals()[MEM];
     assert_eq!(t.bytes_in_use, base);
@@ -365,7 +372,7 @@ fn large_block_grows_in_place_when_pages_follow() {
         heap::free(h, b2);
         heap::check_invariants(h);
     }
-    unsafe { gil_free(q) };
+    unsafe { gil_free(MEM, q) };
     unsafe { check_gil_heap() };
 }
 
@@ -526,13 +533,13 @@ fn gil_heap_invariants_hold_under_churn() {
             let p = unsafe { gil_malloc(d, rng.below(600) as usize) };
             v.push((p as usize, d));
         } else if !v.is_empty() {
-            let (p, _) = v.swap_remove(rng.below(v.len() as u64) as usize);
-            unsafe { gil_free(p as *mut u8) };
+            let (p, d) = v.swap_remove(rng.below(v.len() as u64) as usize);
+            unsafe { gil_free(d, p as *mut u8) };
         }
     }
     unsafe { check_gil_heap() };
-    for (p, _) in v {
-        unsafe { gil_free(p as *mut u8) };
+    for (p, d) in v {
+        unsafe { gil_free(d, p as *mut u8) };
     }
     unsafe { check_gil_heap() };
 }
@@ -562,7 +569,7 @@ fn trim_returns_free_os_pages_inside_partly_used_pages() {
         if i % 500 == 0 {
             kept.push((p, i as u8));
         } else {
-            unsafe { gil_free(p as *mut u8) };
+            unsafe { gil_free(OBJ, p as *mut u8) };
         }
     }
     let returned = unsafe { trim() };
@@ -597,11 +604,11 @@ fn trim_returns_free_os_pages_inside_partly_used_pages() {
     unsafe { check_gil_heap() };
     for &(p, seed) in &kept {
         check(p as *mut u8, 40, seed);
-        unsafe { gil_free(p as *mut u8) };
+        unsafe { gil_free(OBJ, p as *mut u8) };
     }
     for p in again {
         check(p as *mut u8, 40, 7);
-        unsafe { gil_free(p as *mut u8) };
+        unsafe { gil_free(OBJ, p as *mut u8) };
     }
     unsafe { check_gil_heap() };
     unsafe { trim() };
@@ -622,7 +629,7 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
         .map(|_| unsafe { gil_malloc(MEM, 100) } as usize)
         .collect();
     for p in ps {
-        unsafe { gil_free(p as *mut u8) };
+        unsafe { gil_free(MEM, p as *mut u8) };
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
     // Go on allocating: some slow path passes the delay and purges.
@@ -636,7 +643,7 @@ fn automatic_purge_runs_after_the_delay_on_a_slow_path() {
         after - before
     );
     for p in more {
-        unsafe { gil_free(p as *mut u8) };
+        unsafe { gil_free(MEM, p as *mut u8) };
     }
     unsafe { check_gil_heap() };
 }
@@ -1220,4 +1227,91 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
             heap::purge(h, purge::Mode::Trim); // unmaps the empty segments again
         }
     }
+}
+
+#[test]
+fn gil_frees_are_counted_per_class_whatever_path_they_take() {
+    use crate::size_class::{SizeClass, BLOCK_SIZES};
+    let _g = serial();
+    unsafe { check_gil_heap() };
+    // The GIL heap's frees into its own pages count only bytes (`Counters::local_bytes`); the
+    // per-class figures are derived from its pages. Every way a block comes back must come out
+    // right: the fast path, a full page's slow path, the other GIL domain's free function, and
+    // another thread's RAW free onto the remote stack, before and after it is collected.
+    let sizes = [16usize, 48, 112, 496, 1024];
+    let class = |s: usize| SizeClass::of(s).index();
+    let in_use = |d: usize, s: usize| unsafe { summary() }.class_in_use(d, class(s));
+    let before: Vec<u64> = [MEM, OBJ]
+        .iter()
+        .flat_map(|&d| sizes.iter().map(move |&s| in_use(d, s)))
+        .collect();
+    let base = domain_totals();
+    let (mut kept, mut remote) = (Vec::new(), Vec::new());
+    let mut freed = [0u64; 3];
+    // 600 blocks of each size in each domain: several pages each, all but the last full.
+    let mut blocks = Vec::new();
+    for &s in &sizes {
+        for d in [MEM, OBJ] {
+            blocks.extend((0..600).map(|_| (unsafe { gil_malloc(d, s) } as usize, d, s)));
+        }
+    }
+    for (i, &(p, d, s)) in blocks.iter().enumerate() {
+        match i % 4 {
+            0 => unsafe { gil_free(d, p as *mut u8) },
+            1 => unsafe { gil_free(MEM + OBJ - d, p as *mut u8) },
+            2 => remote.push(p),
+            _ => kept.push((p, d, s)),
+        }
+        if i % 4 < 3 {
+            freed[d] += 1;
+        }
+    }
+    std::thread::spawn(move || {
+        for p in remote {
+            unsafe { raw_free(p as *mut u8) };
+        }
+    })
+    .join()
+    .unwrap();
+    for collected in [false, true] {
+        if collected {
+            unsafe { heap::collect_remote(gil_heap()) };
+        }
+        // SAFETY: this thread is the GIL heap's only user; the freeing thread has ended.
+        unsafe { heap::check_invariants(gil_heap()) };
+        let mut i = 0;
+        for d in [MEM, OBJ] {
+            for &s in &sizes {
+                let want = kept.iter().filter(|b| b.1 == d && b.2 == s).count() as u64;
+                assert_eq!(
+                    in_use(d, s) - before[i],
+                    want,
+                    "domain {d}, {s}-byte blocks in use (remote frees collected: {collected})"
+                );
+                i += 1;
+            }
+        }
+        let now = domain_totals();
+        for d in [MEM, OBJ] {
+            let mine = kept.iter().filter(|b| b.1 == d);
+            let bytes: u64 = mine.clone().map(|b| BLOCK_SIZES[class(b.2)] as u64).sum();
+            assert_eq!(
+                now[d].blocks_in_use - base[d].blocks_in_use,
+                mine.count() as u64
+            );
+            assert_eq!(now[d].bytes_in_use - base[d].bytes_in_use, bytes);
+            assert_eq!(now[d].frees - base[d].frees, freed[d], "domain {d} frees");
+        }
+    }
+    for (p, d, _) in kept {
+        unsafe { gil_free(d, p as *mut u8) };
+    }
+    let now = domain_totals();
+    for d in [MEM, OBJ] {
+        assert_eq!(now[d].blocks_in_use, base[d].blocks_in_use);
+        assert_eq!(now[d].bytes_in_use, base[d].bytes_in_use);
+        assert_eq!(now[d].allocs - base[d].allocs, 3000);
+        assert_eq!(now[d].frees - base[d].frees, 3000);
+    }
+    unsafe { check_gil_heap() };
 }

@@ -349,7 +349,7 @@ fn planted_bugs_child() {
         core::ptr::write_bytes(p, 0x11, 24);
         black_box(plant_read_past_small(p));
         let q = gil_malloc(MEM, 40);
-        gil_free(q);
+        gil_free(MEM, q);
         plant_write_after_free(q);
         let u = raw_malloc(64);
         plant_uninitialised_small(u);
@@ -357,7 +357,7 @@ fn planted_bugs_child() {
         // A large span and a huge mapping.
         let l = gil_malloc(OBJ, 100_000);
         black_box(plant_read_past_large(l));
-        gil_free(l);
+        gil_free(OBJ, l);
         let h = raw_malloc((5 << 20) + 1);
         black_box(plant_read_past_huge(h));
         raw_free(h);
@@ -375,7 +375,7 @@ fn planted_bugs_child() {
         assert_ne!(m, r, "20 -> 4000 bytes moves the block");
         clean_kept_when_moved(m, 20);
         plant_moved_tail(m);
-        gil_free(m);
+        gil_free(OBJ, m);
         // A huge block grown past its mapping (mremap, in place or moved): its written bytes
         // stay defined, the new ones are not.
         let hb = raw_malloc(5 << 20);

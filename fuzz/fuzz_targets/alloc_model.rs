@@ -263,7 +263,8 @@ impl Model {
 
     /// The statistics must agree with the model, relative to `base` (the input's start).
     fn check_totals(&self, base: &[DomainTotals; 3]) {
-        let now = rustmalloc::domain_totals();
+        // SAFETY: the fuzzing thread is the only user of the GIL heap.
+        let now = unsafe { rustmalloc::domain_totals() };
         for d in 0..3 {
             let mine = self.live.values().filter(|b| b.domain == d);
             let (mut blocks, mut bytes, mut lblocks, mut lbytes) = (0u64, 0u64, 0u64, 0u64);
@@ -331,7 +332,8 @@ fn run(actions: &[Action]) {
     }
     // SAFETY: this thread is the only user of the GIL heap.
     unsafe { rustmalloc::check_gil_heap() };
-    let base = rustmalloc::domain_totals();
+    // SAFETY: as above.
+    let base = unsafe { rustmalloc::domain_totals() };
     let mut m = Model::default();
 
     for &a in actions {
@@ -394,7 +396,7 @@ fn run(actions: &[Action]) {
                     });
                 } else {
                     // SAFETY: as in `malloc_on`, and `p` is live and ours.
-                    unsafe { rustmalloc::gil_free(p as *mut u8) };
+                    unsafe { rustmalloc::gil_free(d, p as *mut u8) };
                 }
             }
             Action::Exit { thread } => {
@@ -424,7 +426,7 @@ fn run(actions: &[Action]) {
             unsafe { rustmalloc::raw_free(p as *mut u8) };
         } else {
             // SAFETY: as in `malloc_on`.
-            unsafe { rustmalloc::gil_free(p as *mut u8) };
+            unsafe { rustmalloc::gil_free(b.domain, p as *mut u8) };
         }
     }
     m.check_totals(&base);
