@@ -210,7 +210,7 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     let page = crate::segment::page_of(p);
     // Untagged (`heap::local_tag`): a MEM/OBJ page then reads as the GIL heap, whose
     // `owner_tp` is 0.
-    let h = ((*page).local.load(Relaxed) as usize & !3) as *mut Heap;
+    let h = (*page).local.load(Relaxed).map_addr(|a| a & !3);
     // Only RAW heaps have an `owner_tp`, and only their owner's thread pointer is found there.
     if h.is_null() || (*h).owner_tp.load(Relaxed) != tp {
         return false;

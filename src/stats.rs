@@ -66,7 +66,8 @@ pub struct Counters {
     /// Bytes of this heap's own MEM/OBJ blocks it freed into its pages (see the module doc).
     pub local_bytes: [Counter; DOMAINS],
     /// Blocks of this heap's small pages that others freed and this heap took back off its
-    /// remote stack (`heap::collect_remote`), per (domain, class).
+    /// remote stack (`heap::collect_remote`), per (domain, class). Read only for MEM and OBJ
+    /// (`heap::local_frees`); RAW heaps count them too, on that slow path, unread.
     pub collected: [[Counter; NUM_CLASSES]; DOMAINS],
     /// Bytes of large and huge blocks handed out and freed (their 16-byte-rounded sizes).
     pub large_bytes_allocated: [Counter; DOMAINS],
