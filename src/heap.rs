@@ -22,7 +22,7 @@ use crate::purge::{self, Mode};
 use crate::segment::{
     self, extend_free_list, free_blocks, huge_alloc, huge_resize, init_small_page, page_of,
     page_start, purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind,
-    LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE,
+    SegmentLinks, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE,
 };
 use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
@@ -85,12 +85,13 @@ pub struct Heap {
     /// so the free fast path finds a page's queue from the page alone.
     pub first: [*mut Page; DOMAINS * QUEUE_STRIDE],
     pub last: [*mut Page; DOMAINS * QUEUE_STRIDE],
-    /// Segments that have at least one free page (doubly linked through the headers).
+    /// Segments that have at least one free page (linked through `SegmentHeader::with_free`).
     pub segments: *mut SegmentHeader,
-    /// Every segment of this heap (linked through `all_next`/`all_prev`): what `local_frees`
-    /// walks.
+    /// Every segment of this heap (linked through `SegmentHeader::all`): what `local_frees`
+    /// walks. (The segment map cannot say whose a segment is without reading its header, and
+    /// another thread may unmap its own segments meanwhile.)
     pub all_segments: *mut SegmentHeader,
-    /// How many of those are entirely empty.
+    /// How many segments of `segments` are entirely empty.
     pub empty_segments: u32,
     pub counters: Counters,
     /// When the next automatic purge pass may run (`purge::now_ms` clock), the last `trim()`
@@ -243,7 +244,9 @@ unsafe fn page_queue(h: *mut Heap, page: *mut Page) -> PageQueue {
 #[inline(always)]
 unsafe fn rejoin_queue(h: *mut Heap, page: *mut Page) {
     (*page).full = false;
-    (*page).local.store(local_tag(h, (*page).domain as usize), Relaxed);
+    (*page)
+        .local
+        .store(local_tag(h, (*page).domain as usize), Relaxed);
     queue_push_back(page_queue(h, page), page);
     (*h).counters.note_available((*page).block_size as u64);
 }
@@ -604,7 +607,7 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
             }
             return page;
         }
-        seg = (*seg).next;
+        seg = (*seg).with_free.next;
     }
     let mut seg = segment::new_segment(h);
     if seg.is_null() && release_before_failing(h) {
@@ -1084,58 +1087,84 @@ unsafe fn queue_remove(q: PageQueue, page: *mut Page) {
     (*page).next = null_mut();
 }
 
+/// Push `seg` at the front of a list of segments: `*head` is its head, `links(seg)` a
+/// segment's links in it (`with_free_links` or `all_links`).
+///
+/// # Safety
+/// The caller owns the list; `seg` is not on it.
+unsafe fn list_push(
+    head: *mut *mut SegmentHeader,
+    seg: *mut SegmentHeader,
+    links: unsafe fn(*mut SegmentHeader) -> *mut SegmentLinks,
+) {
+    let first = *head;
+    *links(seg) = SegmentLinks {
+        next: first,
+        prev: null_mut(),
+    };
+    if !first.is_null() {
+        (*links(first)).prev = seg;
+    }
+    *head = seg;
+}
+
+/// Take `seg` off a list of segments (as for `list_push`).
+///
+/// # Safety
+/// The caller owns the list; `seg` is on it.
+unsafe fn list_remove(
+    head: *mut *mut SegmentHeader,
+    seg: *mut SegmentHeader,
+    links: unsafe fn(*mut SegmentHeader) -> *mut SegmentLinks,
+) {
+    let SegmentLinks { next, prev } = *links(seg);
+    if prev.is_null() {
+        *head = next;
+    } else {
+        (*links(prev)).next = next;
+    }
+    if !next.is_null() {
+        (*links(next)).prev = prev;
+    }
+    *links(seg) = SegmentLinks::NONE;
+}
+
+/// # Safety
+/// `seg` is a live segment header.
+unsafe fn with_free_links(seg: *mut SegmentHeader) -> *mut SegmentLinks {
+    &raw mut (*seg).with_free
+}
+
+/// # Safety
+/// `seg` is a live segment header.
+unsafe fn all_links(seg: *mut SegmentHeader) -> *mut SegmentLinks {
+    &raw mut (*seg).all
+}
+
 /// # Safety
 /// The caller is `h`'s owner; `seg` is a segment of `h` not on its list.
 unsafe fn segment_list_push(h: *mut Heap, seg: *mut SegmentHeader) {
-    (*seg).prev = null_mut();
-    (*seg).next = (*h).segments;
-    if !(*h).segments.is_null() {
-        (*(*h).segments).prev = seg;
-    }
-    (*h).segments = seg;
+    list_push(&raw mut (*h).segments, seg, with_free_links);
     (*seg).in_list = true;
-}
-
-/// # Safety
-/// The caller is `h`'s owner; `seg` is a new segment of `h`.
-unsafe fn all_segments_push(h: *mut Heap, seg: *mut SegmentHeader) {
-    (*seg).all_prev = null_mut();
-    (*seg).all_next = (*h).all_segments;
-    if !(*h).all_segments.is_null() {
-        (*(*h).all_segments).all_prev = seg;
-    }
-    (*h).all_segments = seg;
-}
-
-/// # Safety
-/// The caller is `h`'s owner; `seg` is a segment of `h` about to be released.
-unsafe fn all_segments_remove(h: *mut Heap, seg: *mut SegmentHeader) {
-    let (prev, next) = ((*seg).all_prev, (*seg).all_next);
-    if prev.is_null() {
-        (*h).all_segments = next;
-    } else {
-        (*prev).all_next = next;
-    }
-    if !next.is_null() {
-        (*next).all_prev = prev;
-    }
 }
 
 /// # Safety
 /// The caller is `h`'s owner; `seg` is on `h`'s list.
 unsafe fn segment_list_remove(h: *mut Heap, seg: *mut SegmentHeader) {
-    let (prev, next) = ((*seg).prev, (*seg).next);
-    if prev.is_null() {
-        (*h).segments = next;
-    } else {
-        (*prev).next = next;
-    }
-    if !next.is_null() {
-        (*next).prev = prev;
-    }
-    (*seg).prev = null_mut();
-    (*seg).next = null_mut();
+    list_remove(&raw mut (*h).segments, seg, with_free_links);
     (*seg).in_list = false;
+}
+
+/// # Safety
+/// The caller is `h`'s owner; `seg` is a new segment of `h`.
+unsafe fn all_segments_push(h: *mut Heap, seg: *mut SegmentHeader) {
+    list_push(&raw mut (*h).all_segments, seg, all_links);
+}
+
+/// # Safety
+/// The caller is `h`'s owner; `seg` is a segment of `h` about to be released.
+unsafe fn all_segments_remove(h: *mut Heap, seg: *mut SegmentHeader) {
+    list_remove(&raw mut (*h).all_segments, seg, all_links);
 }
 
 /// Run an automatic purge pass if the delay has passed, or a `trim()` asked for one.
@@ -1319,7 +1348,7 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     };
     let mut seg = (*h).segments;
     while !seg.is_null() {
-        let next = (*seg).next;
+        let next = (*seg).with_free.next;
         let left_alone = now.saturating_sub((*segment::touch_times(seg)).latest) >= age;
         let unmap = (*seg).used_pages == 0 && left_alone && {
             let over = empty_kept == 0;
@@ -1369,7 +1398,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     let mut seen = 0usize;
     while !seg.is_null() {
         assert!((*seg).in_list && (*seg).owner == h && (*seg).free_pages != 0);
-        assert_eq!((*seg).prev, prev_seg, "segment list: broken prev link");
+        assert_eq!(
+            (*seg).with_free.prev,
+            prev_seg,
+            "segment list: broken prev link"
+        );
         seen += 1;
         assert!(seen <= 1 << 22, "segment list: cycle");
         prev_seg = seg;
@@ -1385,7 +1418,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         if (*seg).used_pages == 0 {
             empty += 1;
         }
-        seg = (*seg).next;
+        seg = (*seg).with_free.next;
     }
     assert_eq!(empty, (*h).empty_segments);
     for i in 0..DOMAINS * QUEUE_STRIDE {
@@ -1439,14 +1472,21 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     let (mut all, mut listed) = (0usize, 0usize);
     while !seg.is_null() {
         assert!((*seg).owner == h && (*seg).kind == SegmentKind::Pages);
-        assert_eq!((*seg).all_prev, prev_seg, "all-segments list: broken prev link");
+        assert_eq!(
+            (*seg).all.prev,
+            prev_seg,
+            "all-segments list: broken prev link"
+        );
         all += 1;
         assert!(all <= 1 << 22, "all-segments list: cycle");
         listed += (*seg).in_list as usize;
         prev_seg = seg;
-        seg = (*seg).all_next;
+        seg = (*seg).all.next;
     }
-    assert_eq!(listed, seen, "a segment with free pages is missing from the all-segments list");
+    assert_eq!(
+        listed, seen,
+        "a segment with free pages is missing from the all-segments list"
+    );
     let local = local_frees(h);
     for d in 0..DOMAINS {
         let bytes = (0..NUM_CLASSES).fold(0u64, |sum, c| {
@@ -1487,7 +1527,7 @@ pub unsafe fn local_frees(h: *mut Heap) -> [[u64; NUM_CLASSES]; DOMAINS] {
                 PageKind::Free => i += 1,
             }
         }
-        seg = (*seg).all_next;
+        seg = (*seg).all.next;
     }
     let c = &(*h).counters;
     let mut local = [[0u64; NUM_CLASSES]; DOMAINS];

@@ -75,6 +75,21 @@ pub enum PageKind {
     Large = 2,
 }
 
+/// A segment's place in one of its heap's doubly linked lists of segments.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SegmentLinks {
+    pub next: *mut SegmentHeader,
+    pub prev: *mut SegmentHeader,
+}
+
+impl SegmentLinks {
+    pub const NONE: SegmentLinks = SegmentLinks {
+        next: null_mut(),
+        prev: null_mut(),
+    };
+}
+
 /// The start of every segment.
 #[repr(C)]
 pub struct SegmentHeader {
@@ -87,13 +102,11 @@ pub struct SegmentHeader {
     pub free_pages: u64,
     /// The heap whose pages these are; null for a huge segment.
     pub owner: *mut crate::heap::Heap,
-    /// Links in the owner's list of segments that have free pages.
-    pub next: *mut SegmentHeader,
-    pub prev: *mut SegmentHeader,
+    /// Links in the owner's list of segments that have free pages (`Heap::segments`).
+    pub with_free: SegmentLinks,
     pub in_list: bool,
     /// Links in the owner's list of all its segments (`Heap::all_segments`).
-    pub all_next: *mut SegmentHeader,
-    pub all_prev: *mut SegmentHeader,
+    pub all: SegmentLinks,
     /// Bit i set: free page i may hold resident memory (it was used and not decommitted since).
     pub dirty_pages: u64,
     /// Bit i set: free page i was decommitted by a purge (taking it again faults it back in; the
@@ -312,11 +325,9 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             used_pages: 0,
             free_pages: !1u64 >> (64 - PAGES_PER_SEGMENT),
             owner,
-            next: null_mut(),
-            prev: null_mut(),
+            with_free: SegmentLinks::NONE,
             in_list: false,
-            all_next: null_mut(),
-            all_prev: null_mut(),
+            all: SegmentLinks::NONE,
             dirty_pages: 0,
             purged_pages: 0,
             mapped: SEGMENT_SIZE,
@@ -739,11 +750,9 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             used_pages: 0,
             free_pages: 0,
             owner: null_mut(),
-            next: null_mut(),
-            prev: null_mut(),
+            with_free: SegmentLinks::NONE,
             in_list: false,
-            all_next: null_mut(),
-            all_prev: null_mut(),
+            all: SegmentLinks::NONE,
             dirty_pages: 0,
             purged_pages: 0,
             mapped,

@@ -122,7 +122,10 @@ impl Counters {
     /// A figure that moves on every free this heap makes (blocks counted per class plus bytes
     /// of local MEM/OBJ frees: for telling whether it freed anything, not how much).
     pub fn free_activity(&self) -> u64 {
-        let bytes = self.local_bytes.iter().fold(0u64, |sum, c| sum.wrapping_add(c.get()));
+        let bytes = self
+            .local_bytes
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(c.get()));
         self.frees
             .iter()
             .flatten()

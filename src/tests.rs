@@ -963,7 +963,7 @@ fn the_idle_look_gives_back_what_a_waiting_heap_freed() {
         let (mut seg, mut n) = ((*h).segments, 0);
         while !seg.is_null() {
             n += ((*seg).dirty_pages & (*seg).free_pages).count_ones();
-            seg = (*seg).next;
+            seg = (*seg).with_free.next;
         }
         n
     };
