@@ -1392,20 +1392,9 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
 /// # Safety
 /// The caller is `h`'s owner and no other thread frees into it meanwhile.
 pub unsafe fn check_invariants(h: *mut Heap) {
-    let mut seg = (*h).segments;
     let mut empty = 0;
-    let mut prev_seg: *mut SegmentHeader = null_mut();
-    let mut seen = 0usize;
-    while !seg.is_null() {
+    let seen = check_list((*h).segments, with_free_links, "segment list", |seg| {
         assert!((*seg).in_list && (*seg).owner == h && (*seg).free_pages != 0);
-        assert_eq!(
-            (*seg).with_free.prev,
-            prev_seg,
-            "segment list: broken prev link"
-        );
-        seen += 1;
-        assert!(seen <= 1 << 22, "segment list: cycle");
-        prev_seg = seg;
         assert_eq!(
             (*seg).used_pages as usize + (*seg).free_pages.count_ones() as usize,
             segment::PAGES_PER_SEGMENT - 1
@@ -1418,8 +1407,7 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         if (*seg).used_pages == 0 {
             empty += 1;
         }
-        seg = (*seg).with_free.next;
-    }
+    });
     assert_eq!(empty, (*h).empty_segments);
     for i in 0..DOMAINS * QUEUE_STRIDE {
         let q = queue_at(h, i);
@@ -1467,22 +1455,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     }
     // Every segment is on the list of all segments, and the frees derived from the pages add
     // up to the bytes the fast paths counted.
-    let mut seg = (*h).all_segments;
-    let mut prev_seg: *mut SegmentHeader = null_mut();
-    let (mut all, mut listed) = (0usize, 0usize);
-    while !seg.is_null() {
+    let mut listed = 0;
+    check_list((*h).all_segments, all_links, "all-segments list", |seg| {
         assert!((*seg).owner == h && (*seg).kind == SegmentKind::Pages);
-        assert_eq!(
-            (*seg).all.prev,
-            prev_seg,
-            "all-segments list: broken prev link"
-        );
-        all += 1;
-        assert!(all <= 1 << 22, "all-segments list: cycle");
         listed += (*seg).in_list as usize;
-        prev_seg = seg;
-        seg = (*seg).all.next;
-    }
+    });
     assert_eq!(
         listed, seen,
         "a segment with free pages is missing from the all-segments list"
@@ -1498,6 +1475,29 @@ pub unsafe fn check_invariants(h: *mut Heap) {
             "domain {d}: local frees derived from the pages do not add up to the bytes counted"
         );
     }
+}
+
+/// Walk a list of segments (as for `list_push`), checking its back links and that it ends,
+/// and call `each` on every segment; returns how many there are.
+///
+/// # Safety
+/// The caller owns the list.
+unsafe fn check_list(
+    head: *mut SegmentHeader,
+    links: unsafe fn(*mut SegmentHeader) -> *mut SegmentLinks,
+    name: &str,
+    mut each: impl FnMut(*mut SegmentHeader),
+) -> usize {
+    let (mut seg, mut prev, mut count) = (head, null_mut(), 0usize);
+    while !seg.is_null() {
+        assert_eq!((*links(seg)).prev, prev, "{name}: broken prev link");
+        count += 1;
+        assert!(count <= 1 << 22, "{name}: cycle");
+        each(seg);
+        prev = seg;
+        seg = (*links(seg)).next;
+    }
+    count
 }
 
 /// This heap's frees of its own MEM/OBJ blocks into its pages, per (domain, class): the fast
