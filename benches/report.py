@@ -12,6 +12,23 @@ INSTR_GOAL_BENCHES = ("pairs_obj_mix", "batch_obj_mix", "batch_random_obj_mix", 
 SUBJECT = "rustmalloc"
 FLOOR = "rustmalloc-fwd"
 MEMORY_GOAL_MIN_MB = 100
+#: Why a goal is missed, where a cause was found and measured (README, "Benchmarks"), by
+#: benchmark. A miss of another goal gets the generic advice of `miss_causes`.
+KNOWN_CAUSES = {
+    "realloc_mem_list": (
+        "copying. Classes 16 per doubling (to keep list-heavy programs within 5% of pymalloc's RSS) make "
+        "nearly every growth of a list move its array; tcmalloc grows a block to at least 1.25x its old "
+        "size, so it copies about a third less, and without the copies rustmalloc takes fewer instructions "
+        "(`micro_pingpong/list-growth-copies-s19-amd.md`). Growing with room here was 1.35x faster and took "
+        "11-13% more RSS on list-heavy programs, so it was not adopted (README, Benchmarks, session 18's misses)"
+    ),
+    "cross_raw_mix": (
+        "where a freed block goes. rustmalloc (like mimalloc) hands it back to the heap that owns it, so its "
+        "cache line crosses between cores twice per round; tcmalloc keeps it in the freeing thread's cache, "
+        "which reuses it. The instructions are within 7% of mimalloc's "
+        "(`micro_pingpong/README.md`, session 19)"
+    ),
+}
 
 
 class Stat:
@@ -251,6 +268,26 @@ def goals(R: Results) -> List[Tuple[str, str, str, str]]:
     return rows
 
 
+def miss_causes(rows: Sequence[Tuple[str, str, str, str]]) -> List[str]:
+    """One line per missed goal: its known cause (`KNOWN_CAUSES`), or what to do to find one."""
+    lines = []
+    for goal, _target, _measured, verdict in rows:
+        if not verdict.startswith("MISSED"):
+            continue
+        bench = goal.split()[-1]
+        cause = next((c for key, c in KNOWN_CAUSES.items() if bench.startswith(key)), None)
+        if cause:
+            lines.append(f"`{goal}`: {cause}.")
+        elif "ranges overlap" in verdict and goal.startswith("ns/op"):
+            lines.append(
+                f"`{goal}`: within this run's noise; time it against that peer in ping-pong to tell "
+                f"(`python benches/micro_pingpong.py {bench}:PEER`)."
+            )
+        else:
+            lines.append(f"`{goal}`: no cause recorded; profile it under callgrind (`benches/cgprofile.py`).")
+    return lines
+
+
 def _verdict(value: float, target: float, higher: bool = False, strict: bool = False) -> str:
     """"met", or by how much the value misses its target (a bound from above, or from below
     when ``higher`` is better)."""
@@ -363,6 +400,13 @@ def markdown(data: dict, charts: List[str]) -> str:
         for g in rows:
             w("| " + " | ".join(g) + " |")
         w("")
+        causes = miss_causes(rows)
+        if causes:
+            w("Why the misses:")
+            w("")
+            for line in causes:
+                w(f"- {line}")
+            w("")
 
     about = {b: v["about"] for b, v in data["micro_benches"].items()}
     if data["micro"]:

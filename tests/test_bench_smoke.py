@@ -116,6 +116,23 @@ def _bench_module(name):
     return mod
 
 
+def test_each_missed_goal_gets_its_cause_or_what_to_do():
+    report = _bench_module("report")
+    rows = [
+        ("ns/op pairs_obj_mix", "≤ fastest peer (tcmalloc 4.9)", "3.5 ±21%", "met (ranges overlap)"),
+        ("ns/op realloc_mem_list", "≤ fastest peer (tcmalloc 41.1)", "55.1 ±23%", "MISSED by 34% (ranges overlap)"),
+        ("ns/op cross_raw_mix_t4", "≤ fastest peer (tcmalloc 8.7)", "10.2 ±12%", "MISSED by 17%"),
+        ("ns/op batch_obj_512", "≤ fastest peer (mimalloc 16.2)", "16.7 ±25%", "MISSED by 3% (ranges overlap)"),
+        ("workloads geomean vs pymalloc", "≤ 0.98×", "0.990×", "MISSED by 1%"),
+    ]
+    lines = report.miss_causes(rows)
+    assert len(lines) == 4  # the met goal has none
+    assert lines[0].startswith("`ns/op realloc_mem_list`: copying.")
+    assert lines[1].startswith("`ns/op cross_raw_mix_t4`: where a freed block goes.")
+    assert "micro_pingpong.py batch_obj_512:PEER" in lines[2]
+    assert lines[3].startswith("`workloads geomean vs pymalloc`: no cause recorded")
+
+
 def _pyperformance_tools():
     return _bench_module("pyperformance_callgrind")
 
