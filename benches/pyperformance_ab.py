@@ -11,8 +11,9 @@ three values (the others ran in the same process, so they share its layout); the
 configuration's median over the rounds, its quartiles, and its ratio to the first
 configuration's median. Configurations: pymalloc, malloc (glibc), rustmalloc,
 rustmalloc-nopurge (automatic purging held off by a purge delay of 1000 s), rustmalloc-delay1s
-(a purge delay of 1 s instead of 250 ms) and rustmalloc-retain256m (256 MiB of empty pages
-kept per heap instead of 4 MiB). BENCHMARK is a pyperformance benchmark (``xml_etree``, whose
+(a purge delay of 1 s instead of 250 ms), rustmalloc-retain256m (256 MiB of empty pages
+kept per heap instead of 4 MiB), and jemalloc, tcmalloc and mimalloc (``PYTHONMALLOC=malloc``
+with the library preloaded) where installed. BENCHMARK is a pyperformance benchmark (``xml_etree``, whose
 first pyperf task runs unless ``--task`` says another) or one pyperf benchmark of a script that
 holds several (``xml_etree_parse``, ``deepcopy_memo``, ``async_tree_none``): its script and task
 are found by running each task of the script once.
@@ -30,6 +31,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from configs import PRELOADED, find_library  # noqa: E402
 from pyperformance_callgrind import pyperformance_setup, tasks_of  # noqa: E402
 from pyperformance_pingpong import find_script  # noqa: E402
 
@@ -46,6 +48,11 @@ CONFIGS = {
     # path (`maturin build --release -o W && python -m zipfile -e W/*.whl DIR`).
     "rustmalloc-other": {"RUSTMALLOC": "1", "PYTHONPATH": os.environ.get("RUSTMALLOC_OTHER_BUILD", "")},
 }
+# The preloaded peers that are installed (jemalloc, tcmalloc, mimalloc: `configs.PRELOADED`).
+for _name, _package, _patterns in PRELOADED:
+    _path = find_library(_patterns)
+    if _path:
+        CONFIGS[_name] = {"PYTHONMALLOC": "malloc", "LD_PRELOAD": _path}
 
 
 def main() -> int:

@@ -22,7 +22,9 @@ pair ratios, their quartiles, how many of the processes had a median above 1, a 
 sign-flip test over the processes' medians (the process pair as the unit: its pairs share one
 memory layout; with 6 processes p cannot go below 2/64), and the medians of the first and second
 half of the processes (do they agree?). A configuration twice
-(``--configs pymalloc,pymalloc``) measures the method: its ratio should be 1.
+(``--configs pymalloc,pymalloc``) measures the method: its ratio should be 1. The configurations
+are ``pyperformance_ab.py``'s, the preloaded peers (jemalloc, tcmalloc, mimalloc) among them where
+installed (``--configs pymalloc,mimalloc``).
 Writes a Markdown table to ``--out`` (default: print only). ``--script`` times the benchmarks of
 another pyperf script (run the same way, in pyperformance's venv) instead of pyperformance's own.
 

@@ -459,6 +459,18 @@ def test_pingpong_refuses_the_other_build_without_its_directory(tmp_path):
         assert p.returncode != 0 and "set RUSTMALLOC_OTHER_BUILD" in p.stderr, p.stderr
 
 
+def test_pyperformance_configurations_include_each_installed_peer_preloaded():
+    ab = _bench_module("pyperformance_ab")
+    configs = _bench_module("configs")
+    for name, _package, patterns in configs.PRELOADED:
+        path = configs.find_library(patterns)
+        if path is None:
+            assert name not in ab.CONFIGS
+        else:
+            assert ab.CONFIGS[name] == {"PYTHONMALLOC": "malloc", "LD_PRELOAD": path}
+    assert ab.CONFIGS["pymalloc"] == {} and ab.CONFIGS["malloc"] == {"PYTHONMALLOC": "malloc"}
+
+
 def test_micro_pingpong_pairs_rustmalloc_with_each_peer(tmp_path):
     """benches/micro_pingpong.py at tiny sizes: a row per BENCH:PEER, ratios of real runs."""
     script = os.path.join(ROOT, "benches", "micro_pingpong.py")
