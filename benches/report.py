@@ -284,7 +284,10 @@ def miss_causes(rows: Sequence[Tuple[str, str, str, str]]) -> List[str]:
                 f"(`python benches/micro_pingpong.py {bench}:PEER`)."
             )
         else:
-            lines.append(f"`{goal}`: no cause recorded; profile it under callgrind (`benches/cgprofile.py`).")
+            lines.append(
+                f"`{goal}`: no cause recorded; profile it (callgrind and `benches/cgprofile.py` for time, "
+                "`benches/memory.py` for memory)."
+            )
     return lines
 
 
