@@ -339,6 +339,14 @@ def markdown(data: dict, charts: List[str]) -> str:
     R = Results(data)
     L: List[str] = []
     w = L.append
+
+    def bullets(title: str, items: Sequence[str]) -> None:
+        if items:
+            w(f"{title}:")
+            w("")
+            L.extend(f"- {item}" for item in items)
+            w("")
+
     mode = "quick (tiny sizes: smoke test only, figures meaningless)" if data["quick"] else "full"
     w("# rustmalloc benchmark results")
     w("")
@@ -368,12 +376,7 @@ def markdown(data: dict, charts: List[str]) -> str:
     w("Peers (for the goals) are pymalloc, glibc, jemalloc, tcmalloc and mimalloc; rustmalloc-fwd is the cost floor of "
       "being a hook at all (every call forwarded to pymalloc).")
     w("")
-    if data["notes"]:
-        w("Notes:")
-        w("")
-        for n in data["notes"]:
-            w(f"- {n}")
-        w("")
+    bullets("Notes", data["notes"])
     errors = R.micro_errors()
     if data["failures"] or errors:
         w("## Failures and wrong data")
@@ -403,13 +406,7 @@ def markdown(data: dict, charts: List[str]) -> str:
         for g in rows:
             w("| " + " | ".join(g) + " |")
         w("")
-        causes = miss_causes(rows)
-        if causes:
-            w("Why the misses:")
-            w("")
-            for line in causes:
-                w(f"- {line}")
-            w("")
+        bullets("Why the misses", miss_causes(rows))
 
     about = {b: v["about"] for b, v in data["micro_benches"].items()}
     if data["micro"]:
