@@ -278,6 +278,12 @@ def miss_causes(rows: Sequence[Tuple[str, str, str, str]]) -> List[str]:
         cause = next((c for key, c in KNOWN_CAUSES.items() if bench.startswith(key)), None)
         if cause:
             lines.append(f"`{goal}`: {cause}.")
+        elif goal.startswith("RAW 2"):
+            lines.append(
+                f"`{goal}`: a wall-clock figure of threads, which moves by up to ±50% between runs on these "
+                "machines; re-time its benchmarks in ping-pong to tell (`python benches/micro_pingpong.py "
+                "batch_raw_mix_t1:mimalloc,batch_raw_mix_t2:mimalloc`)."
+            )
         elif "ranges overlap" in verdict and goal.startswith("ns/op"):
             lines.append(
                 f"`{goal}`: within this run's noise; time it against that peer in ping-pong to tell "

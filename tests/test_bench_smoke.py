@@ -124,9 +124,11 @@ def test_each_missed_goal_gets_its_cause_or_what_to_do():
         ("ns/op cross_raw_mix_t4", "≤ fastest peer (tcmalloc 8.7)", "10.2 ±12%", "MISSED by 17%"),
         ("ns/op batch_obj_512", "≤ fastest peer (mimalloc 16.2)", "16.7 ±25%", "MISSED by 3% (ranges overlap)"),
         ("workloads geomean vs pymalloc", "≤ 0.98×", "0.990×", "MISSED by 1%"),
+        ("RAW 2 threads vs 1 (batch_raw_mix)", "≥ 1.7× the 1-thread throughput", "1.69×", "MISSED by 1%"),
     ]
     lines = report.miss_causes(rows)
-    assert len(lines) == 4  # the met goal has none
+    assert len(lines) == 5  # the met goal has none
+    assert "micro_pingpong.py batch_raw_mix_t1:mimalloc,batch_raw_mix_t2:mimalloc" in lines[4]
     assert lines[0].startswith("`ns/op realloc_mem_list`: copying.")
     assert lines[1].startswith("`ns/op cross_raw_mix_t4`: where a freed block goes.")
     assert "micro_pingpong.py batch_obj_512:PEER" in lines[2]
