@@ -31,7 +31,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from configs import PRELOADED, find_library  # noqa: E402
+from configs import all_configs  # noqa: E402
 from pyperformance_callgrind import pyperformance_setup, tasks_of  # noqa: E402
 from pyperformance_pingpong import find_script  # noqa: E402
 
@@ -48,11 +48,8 @@ CONFIGS = {
     # path (`maturin build --release -o W && python -m zipfile -e W/*.whl DIR`).
     "rustmalloc-other": {"RUSTMALLOC": "1", "PYTHONPATH": os.environ.get("RUSTMALLOC_OTHER_BUILD", "")},
 }
-# The preloaded peers that are installed (jemalloc, tcmalloc, mimalloc: `configs.PRELOADED`).
-for _name, _package, _patterns in PRELOADED:
-    _path = find_library(_patterns)
-    if _path:
-        CONFIGS[_name] = {"PYTHONMALLOC": "malloc", "LD_PRELOAD": _path}
+# The preloaded peers that are installed (jemalloc, tcmalloc, mimalloc), as `run.py` runs them.
+CONFIGS.update((c.name, c.env) for c in all_configs()[0] if c.preload)
 
 
 def main() -> int:
