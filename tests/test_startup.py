@@ -53,6 +53,19 @@ def test_off_imports_nothing(value):
     assert (r.returncode, r.stdout, r.stderr) == (0, "False\n", "")
 
 
+def test_settings_at_startup_import_no_more_than_rustmalloc():
+    # The hook reads sizes by hand: `re` would add ~1,600 objects every full collection walks.
+    show = ("import sys; print(sorted(m for m in sys.modules "
+            "if not m.startswith('rustmalloc') and m not in sys.builtin_module_names))")
+    plain = py("-c", show)
+    tuned = py("-c", show, env=_env(RUSTMALLOC="1", RUSTMALLOC_PURGE_DELAY_MS="500",
+                                    RUSTMALLOC_RETAIN_BYTES="1.5 MiB", RUSTMALLOC_PURGE="1"))
+    assert plain.returncode == tuned.returncode == 0, tuned.stderr
+    assert "re" not in plain.stdout.split("'")  # else this test could not see the difference
+    extra = set(eval(tuned.stdout)) - set(eval(plain.stdout))
+    assert extra <= {"__future__"}, extra
+
+
 @pytest.mark.parametrize("value", ["off", "false", "No"])
 def test_off_words(value):
     r = py("-c", SHOW, env=_env(RUSTMALLOC=value))

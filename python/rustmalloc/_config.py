@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers read it as True)
 
 from . import _rustmalloc as _ext
@@ -16,7 +15,26 @@ _UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def _number_and_unit(text: str) -> Optional[tuple]:
+    """``" 1.5 KiB "`` -> ``("1.5", "KiB")``; None unless the text is digits (with at most one
+    ``.`` followed by digits) and then letters, spaces around either. By hand rather than with
+    ``re``: the startup hook reads ``RUSTMALLOC_*`` sizes through here, and importing ``re`` would
+    add its modules and compiled patterns (about 1,600 objects every full collection walks) to
+    every interpreter that sets one."""
+    s = text.strip()
+    i = 0
+    while i < len(s) and s[i] in "0123456789.":
+        i += 1
+    number, unit = s[:i], s[i:].lstrip()
+    whole, dot, frac = number.partition(".")
+    digits = "0123456789"
+    if not whole or whole.strip(digits) or (dot and (not frac or frac.strip(digits))):
+        return None
+    if unit and not (unit.isascii() and unit.isalpha()):
+        return None
+    return number, unit
 
 
 def parse_size(value: Union[int, str], what: str = "size") -> int:
@@ -28,13 +46,13 @@ def parse_size(value: Union[int, str], what: str = "size") -> int:
         if value < 0:
             raise ValueError(f"{what} must not be negative: {value}")
         return value
-    m = _SIZE.match(value)
-    if not m or m.group(2).lower() not in _UNITS:
+    parts = _number_and_unit(value)
+    if parts is None or parts[1].lower() not in _UNITS:
         raise ValueError(
             f"{what}: cannot read {value!r} as a size; write a number and a unit, such as "
             "'512 B', '24 MB' or '1.5 GiB' (units: B, KB, MB, GB, KiB, MiB, GiB)"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return int(float(parts[0]) * _UNITS[parts[1].lower()])
 
 
 def settings() -> dict:
