@@ -400,6 +400,18 @@ def test_gc_layout_keeps_every_list_of_each_chain_alive():
         assert items >= 499_000, name  # about gc_traversal's 499,500 items each
 
 
+def test_gc_layout_adjacency_reads_each_array_of_the_chain():
+    # ob_item read at the right offset: a wrong one reads no array at all, so ids repeat or are 0.
+    mod = _bench_module("gc_layout")
+    import ctypes
+    chain = mod.chain([600, 700])
+    assert ctypes.c_void_p.from_address(id(chain) + 24).value != 0
+    assert ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(id(chain) + 24).value).value == id(chain[0])
+    for name, arrays in (("gc_orig", 935), ("gc_same", 1000)):
+        n, close, near = mod.adjacency(name)
+        assert n == arrays and 0 <= close <= near <= n - 1, (name, n, close, near)
+
+
 def test_pingpong_worker_times_the_function_the_script_would_hand_pyperf(tmp_path):
     mod = _bench_module("pyperformance_pingpong")
     script, env = _fake_pyperformance(tmp_path)
