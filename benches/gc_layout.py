@@ -7,7 +7,7 @@ pymalloc:
 
 - ``gc_orig``: n = 0..999, gc_traversal itself. Most arrays are over 512 bytes, which pymalloc
   hands to glibc's malloc. That places them one after another in allocation order, so the
-  collector's walk over them is one long stream. rustmalloc places them in size classes four per
+  collector's walk over them is one long stream. rustmalloc places them in size classes 16 per
   doubling, with the rounding left as a gap after each.
 - ``gc_small``: n = 1 + k % 63 for 16,000 lists (512,000 items, about as many). Every array is
   504 bytes at most, so pymalloc's pools and rustmalloc's pages place them alike.
@@ -44,6 +44,15 @@ SHAPES = {
 }
 
 
+def lists_of(head):
+    """Every list of a chain, from its head (the last built) down to the empty first one."""
+    while True:
+        yield head
+        if not head:
+            return
+        head = head[0]
+
+
 def timed(loops, sizes):
     keep = chain(sizes)
     total = 0.0
@@ -78,11 +87,9 @@ def adjacency(shape):
     layout: offset 24)."""
     import ctypes
 
-    arrays, current = [], chain(SHAPES[shape])
-    while current:
-        arrays.append((ctypes.c_void_p.from_address(id(current) + 24).value, 8 * len(current)))
-        current = current[0]
-    big = [a for a in reversed(arrays) if a[1] > 512]
+    arrays = [(ctypes.c_void_p.from_address(id(a) + 24).value, 8 * len(a))
+              for a in lists_of(chain(SHAPES[shape])) if len(a) * 8 > 512]
+    big = arrays[::-1]  # allocation order
     gaps = [b - (a + n) for (a, n), (b, _) in zip(big, big[1:])]
     within = lambda limit: sum(1 for g in gaps if 0 <= g <= limit)  # noqa: E731
     return len(big), within(64), within(4096)

@@ -390,12 +390,8 @@ def test_gc_layout_keeps_every_list_of_each_chain_alive():
     # A list of 0 items drops the chain before it; each shape must time the chain it describes.
     mod = _bench_module("gc_layout")
     for name, sizes in mod.SHAPES.items():
-        lists, items, current = 0, 0, mod.chain(sizes)
-        while True:
-            lists, items = lists + 1, items + len(current)
-            if not current:
-                break
-            current = current[0]
+        lists = list(mod.lists_of(mod.chain(sizes)))
+        lists, items = len(lists), sum(map(len, lists))
         assert (lists, items) == (len(sizes) + 1 - (sizes[0] == 0), sum(sizes)), name
         assert items >= 499_000, name  # about gc_traversal's 499,500 items each
 

@@ -15,6 +15,7 @@ _UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
 }
+_DIGITS = "0123456789"
 
 
 def _number_and_unit(text: str) -> Optional[tuple]:
@@ -25,12 +26,11 @@ def _number_and_unit(text: str) -> Optional[tuple]:
     every interpreter that sets one."""
     s = text.strip()
     i = 0
-    while i < len(s) and s[i] in "0123456789.":
+    while i < len(s) and (s[i] in _DIGITS or s[i] == "."):
         i += 1
     number, unit = s[:i], s[i:].lstrip()
     whole, dot, frac = number.partition(".")
-    digits = "0123456789"
-    if not whole or whole.strip(digits) or (dot and (not frac or frac.strip(digits))):
+    if not whole or whole.strip(_DIGITS) or (dot and (not frac or frac.strip(_DIGITS))):
         return None
     if unit and not (unit.isascii() and unit.isalpha()):
         return None
