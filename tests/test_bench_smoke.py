@@ -441,7 +441,12 @@ def test_pingpong_pairs_second_over_first_and_summarises_by_process(tmp_path):
     per_process = mod.measure(sys.executable, script, "fake_time", [], envs, 3, 4, 0.05, None, kernel)
     assert len(per_process) == 3 and all(len(p) == 4 for p in per_process)
     assert all(abs(r - 3.0) < 1e-9 for p in per_process for r in p), per_process
-    assert len(kernel["faults"]) == 2 and all(0 <= s < 1 for s in kernel["system"]), kernel
+    # These calls take microseconds: the kernel charges system time by the tick, so a share can
+    # exceed 1 here (seen in CI: 1.04 and 1.36). The share's bound is checked on sleeping calls.
+    assert len(kernel["faults"]) == 2 and all(s >= 0 for s in kernel["system"]), kernel
+    sleeping = {}
+    mod.measure(sys.executable, script, "fake_func", [], [env, env], 1, 2, 0.05, None, sleeping)
+    assert all(0 <= s < 1 for s in sleeping["system"]), sleeping
     faulting = {}
     mod.measure(sys.executable, script, "fake_faults", [], [env, env], 2, 3, 0.01, None, faulting)
     assert all(1024 <= f < 1400 for f in faulting["faults"]), faulting
