@@ -23,10 +23,11 @@ KNOWN_CAUSES = {
         "11-13% more RSS on list-heavy programs, so it was not adopted (README, Benchmarks, session 18's misses)"
     ),
     "cross_raw_mix": (
-        "where a freed block goes. rustmalloc (like mimalloc) hands it back to the heap that owns it, so its "
-        "cache line crosses between cores twice per round; tcmalloc keeps it in the freeing thread's cache, "
-        "which reuses it. The instructions are within 7% of mimalloc's "
-        "(`micro_pingpong/README.md`, session 19)"
+        "instructions. rustmalloc takes 84.6 per call under callgrind, mimalloc 81.5 and tcmalloc 66.7, and "
+        "its time over theirs is about that ratio (1.07x mimalloc's and 1.19x tcmalloc's on 2 threads, "
+        "`micro_pingpong/cross-branchless-s22-amd.md`). Until session 22 a branch on the free path that was "
+        "mispredicted on 37% of cross-thread frees cost another 1.1x. Keeping a freed block in the freeing "
+        "thread, as tcmalloc does, was tried and was 1.11x slower (`micro_pingpong/README.md`, session 22)"
     ),
 }
 

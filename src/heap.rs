@@ -860,17 +860,24 @@ pub unsafe fn collect_remote(h: *mut Heap) {
         return;
     }
     let mut b = (*h).remote.swap(null_mut(), Acquire);
+    let mut taken = 0;
     while !b.is_null() {
         let next = vg::read_link(b);
         let page = page_of(b);
         if (*page).kind == PageKind::Small {
-            let c = &(*h).counters;
-            c.collected[(*page).domain as usize][(*page).class as usize].add(1);
+            // SAFETY: a small page's `counter` indexes the flattened `collected` array, as it
+            // does `frees` (`init_small_page`).
+            (*h).counters
+                .collected_counter((*page).counter as usize)
+                .add(1);
+            push_free(h, page, b);
+        } else {
+            release_pages(h, page);
         }
-        free_local_uncounted(h, page, b);
-        (*h).remote_collected += 1;
+        taken += 1;
         b = next;
     }
+    (*h).remote_collected += taken;
 }
 
 /// # Safety

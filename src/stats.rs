@@ -67,8 +67,9 @@ pub struct Counters {
     pub local_bytes: [Counter; DOMAINS],
     /// Blocks of this heap's small pages that others freed and this heap took back off its
     /// remote stack (`heap::collect_remote`), per (domain, class). Read only for MEM and OBJ
-    /// (`heap::local_frees`); RAW heaps count them too, on that slow path, unread.
-    pub collected: [[Counter; NUM_CLASSES]; DOMAINS],
+    /// (`heap::local_frees`); RAW heaps count them too, on that slow path, unread. Laid out as
+    /// `frees` (its `LARGE_SLOT` unused), so a page's `counter` indexes both.
+    pub collected: [[Counter; SLOTS]; DOMAINS],
     /// Bytes of large and huge blocks handed out and freed (their 16-byte-rounded sizes).
     pub large_bytes_allocated: [Counter; DOMAINS],
     pub large_bytes_freed: [Counter; DOMAINS],
@@ -95,7 +96,7 @@ impl Counters {
             allocs: [const { [const { Counter::new() }; SLOTS] }; DOMAINS],
             frees: [const { [const { Counter::new() }; SLOTS] }; DOMAINS],
             local_bytes: [const { Counter::new() }; DOMAINS],
-            collected: [const { [const { Counter::new() }; NUM_CLASSES] }; DOMAINS],
+            collected: [const { [const { Counter::new() }; SLOTS] }; DOMAINS],
             large_bytes_allocated: [const { Counter::new() }; DOMAINS],
             large_bytes_freed: [const { Counter::new() }; DOMAINS],
             foreign_frees: [const { Counter::new() }; DOMAINS],
@@ -117,6 +118,15 @@ impl Counters {
     #[inline(always)]
     pub unsafe fn free_counter(&self, index: usize) -> &Counter {
         &*(self.frees.as_ptr() as *const Counter).add(index)
+    }
+
+    /// The `collected` counter at the same flat index as `free_counter`'s.
+    ///
+    /// # Safety
+    /// As for `free_counter`.
+    #[inline(always)]
+    pub unsafe fn collected_counter(&self, index: usize) -> &Counter {
+        &*(self.collected.as_ptr() as *const Counter).add(index)
     }
 
     /// A figure that moves on every free this heap makes (blocks counted per class plus bytes
