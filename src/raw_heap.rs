@@ -219,8 +219,9 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     // A null `h` (a full page, a large span, a huge block) reads `NO_OWNER_TP` instead, chosen
     // by a conditional move: one branch, on "mine or not". Whether another heap's page is full
     // changes from page to page, and as a branch of its own it was mispredicted on 37% of
-    // cross-thread frees (callgrind's branch simulation of `cross_raw_mix_t2`); without it,
-    // the cross-thread frees benchmark runs 1.09x faster (`benches/results/micro_pingpong/`).
+    // cross-thread frees (callgrind's branch simulation of `cross_raw_mix_t2`); with the
+    // branch gone, the cross-thread frees benchmark runs 1.09x faster
+    // (`benches/results/micro_pingpong/`).
     let owner_tp: *const AtomicUsize = if h.is_null() {
         &NO_OWNER_TP.0
     } else {

@@ -90,6 +90,18 @@ pub struct Counters {
     pub carved: [[Counter; NUM_CLASSES]; DOMAINS],
 }
 
+/// The counter at flat index `domain * SLOTS + slot` of a per-(domain, slot) table (a small
+/// page's `counter`, see `segment::init_small_page`).
+///
+/// # Safety
+/// `index < DOMAINS * SLOTS`.
+#[inline(always)]
+unsafe fn flat(table: &[[Counter; SLOTS]; DOMAINS], index: usize) -> &Counter {
+    // SAFETY: the rows are contiguous arrays of `Counter`, so the table is `DOMAINS * SLOTS`
+    // counters in a row, and `index` is within them by the caller's contract.
+    &*(table.as_ptr() as *const Counter).add(index)
+}
+
 impl Counters {
     pub const fn new() -> Self {
         Counters {
@@ -117,7 +129,7 @@ impl Counters {
     /// `index < DOMAINS * (NUM_CLASSES + 1)`.
     #[inline(always)]
     pub unsafe fn free_counter(&self, index: usize) -> &Counter {
-        &*(self.frees.as_ptr() as *const Counter).add(index)
+        flat(&self.frees, index)
     }
 
     /// The `collected` counter at the same flat index as `free_counter`'s.
@@ -126,7 +138,7 @@ impl Counters {
     /// As for `free_counter`.
     #[inline(always)]
     pub unsafe fn collected_counter(&self, index: usize) -> &Counter {
-        &*(self.collected.as_ptr() as *const Counter).add(index)
+        flat(&self.collected, index)
     }
 
     /// A figure that moves on every free this heap makes (blocks counted per class plus bytes
