@@ -125,14 +125,26 @@ def test_each_missed_goal_gets_its_cause_or_what_to_do():
         ("ns/op batch_obj_512", "≤ fastest peer (mimalloc 16.2)", "16.7 ±25%", "MISSED by 3% (ranges overlap)"),
         ("workloads geomean vs pymalloc", "≤ 0.98×", "0.990×", "MISSED by 1%"),
         ("RAW 2 threads vs 1 (batch_raw_mix)", "≥ 1.7× the 1-thread throughput", "1.69×", "MISSED by 1%"),
+        ("workloads geomean vs pymalloc, instructions (callgrind)", "≤ 0.98×", "0.981×", "MISSED by 0.1%"),
+        ("workloads geomean vs pymalloc, instructions (callgrind)", "≤ 0.98×", "0.990×", "MISSED by 1%"),
     ]
     lines = report.miss_causes(rows)
-    assert len(lines) == 5  # the met goal has none
+    assert len(lines) == 7  # the met goal has none
+    assert "within what these counts resolve" in lines[5]
+    assert "no cause recorded" in lines[6]
     assert "micro_pingpong.py batch_raw_mix_t1:mimalloc,batch_raw_mix_t2:mimalloc" in lines[4]
     assert lines[0].startswith("`ns/op realloc_mem_list`: copying.")
     assert lines[1].startswith("`ns/op cross_raw_mix_t4`: instructions.")
     assert "micro_pingpong.py batch_obj_512:PEER" in lines[2]
     assert lines[3].startswith("`workloads geomean vs pymalloc`: no cause recorded")
+
+
+def test_a_miss_under_one_percent_says_by_how_much():
+    report = _bench_module("report")
+    assert report._verdict(0.981, 0.98) == "MISSED by 0.1%"
+    assert report._verdict(1.24, 1.0) == "MISSED by 24%"
+    assert report._verdict(0.98, 0.98) == "met"
+    assert report._missed_by("MISSED by 0.1%") == 0.001
 
 
 def _pyperformance_tools():
