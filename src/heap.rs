@@ -738,7 +738,7 @@ pub unsafe fn free_counted<const STATS: bool>(h: *mut Heap, p: *mut u8, domain: 
 /// The caller is `h`'s owner; `p` is a live block of `page`, and
 /// `(*page).local == local_tag(h, domain)`.
 #[inline(always)]
-pub unsafe fn free_to_local_page<const STATS: bool>(
+unsafe fn free_to_local_page<const STATS: bool>(
     h: *mut Heap,
     page: *mut Page,
     p: *mut u8,

@@ -141,6 +141,8 @@ pub fn raw_malloc(size: usize) -> *mut u8 {
 
 /// `raw_malloc` past its fast path (`raw_heap::alloc_fast`), as a tail call of its own, so the
 /// fast path keeps no register across a call (2 instructions per RAW malloc, under callgrind).
+/// `heap::alloc` tries the first page once more before its slow path: a few instructions, once
+/// per page used up, where the heap was cached; the uncached path needs the whole of it anyway.
 #[inline(never)]
 extern "C" fn raw_malloc_slow(size: usize) -> *mut u8 {
     // SAFETY: `with_heap` hands us a heap this thread owns for the duration of the call.
