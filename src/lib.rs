@@ -183,6 +183,8 @@ pub unsafe fn raw_free(p: *mut u8) {
 /// As for `raw_free`.
 #[inline(never)]
 unsafe extern "C" fn raw_free_other(p: *mut u8) {
+    // SAFETY (both calls): `p` is a live block of ours (this function's contract), and
+    // `free_remote` frees it only when it returns true.
     if raw_heap::free_remote(p) {
         return;
     }

@@ -264,6 +264,8 @@ pub unsafe fn free_own(p: *mut u8) -> bool {
 #[cold]
 #[inline(never)]
 unsafe fn page_emptied(h: *mut RawHeap, page: *mut Page) {
+    // SAFETY: the caller owns `h`, and `page` is its small page with no live block, which is
+    // what `page_became_free_or_unfull` takes.
     while_busy(h, |h| heap::page_became_free_or_unfull(h, page));
 }
 
