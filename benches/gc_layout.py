@@ -16,6 +16,11 @@ pymalloc:
 - ``gc_shuffled``: ``gc_orig``'s sizes 1..999 in a random order. glibc still places the arrays one
   after another; a size-class allocator scatters them over the pages of every class.
 
+Two more modes, under rustmalloc only: ``--order COUNT ITEMS ROUNDS`` times collections of one
+size class's chain with its arrays in ascending against descending address order (what the
+hardware prefetchers make of the direction of the walk), and ``--fresh SHAPE ROUNDS`` with the
+chain on pages faulted in afresh (after ``rustmalloc.trim()``) against reused ones.
+
 A list of 0 items holds no reference to the one before it, so everything before it is freed as
 the chain is built: only ``gc_orig``'s first list may be empty. (Before session 20, ``gc_small``
 was ``k % 64`` and ``gc_shuffled`` held a 0: they kept 64 lists of 2,016 items and 269 lists of
@@ -95,8 +100,106 @@ def adjacency(shape):
     return len(big), within(64), within(4096)
 
 
+def _array_address(lst):
+    """The address of a list's item array (CPython 3.11's layout: ``ob_item`` at offset 24)."""
+    import ctypes
+
+    return ctypes.c_void_p.from_address(id(lst) + 24).value
+
+
+def _arrange(order, count, items):
+    """Under rustmalloc, leave ``count``-odd free blocks of the class of ``items``-item arrays on
+    their pages' free lists so that the next arrays of that class come in ``order`` ("asc" or
+    "desc") of address. Free lists are last in, first out: blocks freed from the highest address
+    down are then handed out from the lowest up, and the reverse. One block in 16 stays allocated
+    (returned: keep it alive) so that no page empties and is carved afresh."""
+    blocks = sorted(([None] * items for _ in range(count + count // 4)), key=_array_address)
+    pins = blocks[::16]
+    rest = [b for i, b in enumerate(blocks) if i % 16]
+    for b in (rest if order == "desc" else reversed(rest)):
+        b.clear()  # frees the item array
+    return pins
+
+
+def _ascending_steps(head):
+    """Of a chain's consecutive arrays, in build order, how many lie at a higher address."""
+    arrays = [_array_address(a) for a in lists_of(head) if a][::-1]
+    return sum(1 for a, b in zip(arrays, arrays[1:]) if b > a), len(arrays) - 1
+
+
+def _collect_ms(repeats=5):
+    import statistics
+
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _ratios(first, second):
+    import statistics
+
+    ratios = [b / a for a, b in zip(first, second)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), quartiles[0], quartiles[2]
+
+
+def address_order(count, items, rounds):
+    """``python benches/gc_layout.py --order COUNT ITEMS ROUNDS`` (under rustmalloc): a chain of
+    COUNT lists of ITEMS items each (one size class), built with its arrays in ascending and in
+    descending address order, the two alternating round by round; each round, the median of 5
+    full collections. Returns the ascending steps of each order's chain (of its first round) and
+    the descending rounds' times over the ascending ones: median and quartiles."""
+    times = {"asc": [], "desc": []}
+    steps = {}
+    for r in range(rounds):
+        for order in ("asc", "desc") if r % 2 == 0 else ("desc", "asc"):
+            pins = _arrange(order, count, items)
+            head = chain([items] * count)
+            steps.setdefault(order, _ascending_steps(head))
+            times[order].append(_collect_ms())
+            del head, pins
+    return steps, _ratios(times["asc"], times["desc"]) + (
+        min(times["asc"]), min(times["desc"]))
+
+
+def fresh_pages(shape, rounds):
+    """``python benches/gc_layout.py --fresh SHAPE ROUNDS`` (under rustmalloc): SHAPE's chain built
+    after ``rustmalloc.trim()`` (its pages given back to the OS, so the chain gets pages faulted in
+    afresh) or without it, alternating round by round; each round, the median of 5 full
+    collections. Returns the trimmed rounds' times over the others: median and quartiles."""
+    import rustmalloc
+
+    times = {"trim": [], "keep": []}
+    for r in range(rounds):
+        for mode in ("trim", "keep") if r % 2 == 0 else ("keep", "trim"):
+            if mode == "trim":
+                rustmalloc.trim()
+            head = chain(SHAPES[shape])
+            times[mode].append(_collect_ms())
+            del head
+    return _ratios(times["keep"], times["trim"])
+
+
 if __name__ == "__main__":
     import sys
+
+    if sys.argv[1:2] in (["--order"], ["--fresh"]) and "rustmalloc" not in sys.modules:
+        sys.exit("%s arranges rustmalloc's free lists: run it with RUSTMALLOC=1" % sys.argv[1])
+    if sys.argv[1:2] == ["--order"]:
+        steps, (median, q1, q3, fastest_asc, fastest_desc) = address_order(*map(int, sys.argv[2:5]))
+        for order, (up, of) in sorted(steps.items()):
+            print("%s: %d of %d consecutive arrays at a higher address" % (order, up, of))
+        print("collections, descending over ascending: median %.3f, quartiles %.3f-%.3f "
+              "(fastest: descending %.2f ms, ascending %.2f ms)" % (median, q1, q3, fastest_desc, fastest_asc))
+        sys.exit(0)
+    if sys.argv[1:2] == ["--fresh"]:
+        print("collections, pages fresh over pages reused: median %.3f, quartiles %.3f-%.3f"
+              % fresh_pages(sys.argv[2], int(sys.argv[3])))
+        sys.exit(0)
 
     if sys.argv[1:2] == ["--adjacency"]:
         print("%s: %d arrays over 512 B; the next starts within 64 B of the end: %d, within 4 KiB: %d"

@@ -420,6 +420,37 @@ def test_gc_layout_adjacency_reads_each_array_of_the_chain():
         assert n == arrays and 0 <= close <= near <= n - 1, (name, n, close, near)
 
 
+def _gc_layout(*args, rustmalloc=True):
+    env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
+    if rustmalloc:
+        env["RUSTMALLOC"] = "1"
+    script = os.path.join(ROOT, "benches", "gc_layout.py")
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_gc_layout_order_builds_the_chains_in_the_order_it_names():
+    # The comparison means something only if "asc" and "desc" really lie that way (it relies on
+    # rustmalloc's free lists being last in, first out).
+    proc = _gc_layout("--order", "400", "100", "2")
+    assert proc.returncode == 0, proc.stderr
+    steps = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith(("asc:", "desc:")):
+            name, rest = line.split(":", 1)
+            up, of = [int(w) for w in rest.split() if w.isdigit()]
+            steps[name] = up / of
+    assert steps["asc"] > 0.9 and steps["desc"] < 0.2, proc.stdout
+    assert "descending over ascending: median" in proc.stdout
+
+
+def test_gc_layout_fresh_runs_and_order_refuses_without_rustmalloc():
+    proc = _gc_layout("--fresh", "gc_same", "2")
+    assert proc.returncode == 0 and "pages fresh over pages reused: median" in proc.stdout, proc.stderr
+    proc = _gc_layout("--order", "10", "100", "1", rustmalloc=False)
+    assert proc.returncode != 0 and "run it with RUSTMALLOC=1" in proc.stderr
+
+
 def test_pingpong_worker_times_the_function_the_script_would_hand_pyperf(tmp_path):
     mod = _bench_module("pyperformance_pingpong")
     script, env = _fake_pyperformance(tmp_path)
