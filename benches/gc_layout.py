@@ -187,8 +187,9 @@ def fresh_pages(shape, rounds):
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:2] in (["--order"], ["--fresh"]) and "rustmalloc" not in sys.modules:
-        sys.exit("%s arranges rustmalloc's free lists: run it with RUSTMALLOC=1" % sys.argv[1])
+    if sys.argv[1:2] in (["--order"], ["--fresh"]) and (
+            "rustmalloc" not in sys.modules or "mem" not in sys.modules["rustmalloc"].installed()):
+        sys.exit("%s needs rustmalloc serving the MEM domain: run it with RUSTMALLOC=1" % sys.argv[1])
     if sys.argv[1:2] == ["--order"]:
         steps, (median, q1, q3, fastest_asc, fastest_desc) = address_order(*map(int, sys.argv[2:5]))
         for order, (up, of) in sorted(steps.items()):
