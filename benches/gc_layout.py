@@ -85,26 +85,23 @@ def collect_only(shape, collections):
     return keep
 
 
-def adjacency(shape):
-    """``python benches/gc_layout.py --adjacency SHAPE``: of SHAPE's item arrays over 512 bytes,
-    in allocation order, how many start within 64 bytes after the end of the one before (end to
-    end, as glibc places them) and within 4 KiB. Reads each list's ``ob_item`` (CPython 3.11's
-    layout: offset 24)."""
-    import ctypes
-
-    arrays = [(ctypes.c_void_p.from_address(id(a) + 24).value, 8 * len(a))
-              for a in lists_of(chain(SHAPES[shape])) if len(a) * 8 > 512]
-    big = arrays[::-1]  # allocation order
-    gaps = [b - (a + n) for (a, n), (b, _) in zip(big, big[1:])]
-    within = lambda limit: sum(1 for g in gaps if 0 <= g <= limit)  # noqa: E731
-    return len(big), within(64), within(4096)
-
-
 def _array_address(lst):
     """The address of a list's item array (CPython 3.11's layout: ``ob_item`` at offset 24)."""
     import ctypes
 
     return ctypes.c_void_p.from_address(id(lst) + 24).value
+
+
+def adjacency(shape):
+    """``python benches/gc_layout.py --adjacency SHAPE``: of SHAPE's item arrays over 512 bytes,
+    in allocation order, how many start within 64 bytes after the end of the one before (end to
+    end, as glibc places them) and within 4 KiB (see ``_array_address``)."""
+    arrays = [(_array_address(a), 8 * len(a))
+              for a in lists_of(chain(SHAPES[shape])) if len(a) * 8 > 512]
+    big = arrays[::-1]  # allocation order
+    gaps = [b - (a + n) for (a, n), (b, _) in zip(big, big[1:])]
+    within = lambda limit: sum(1 for g in gaps if 0 <= g <= limit)  # noqa: E731
+    return len(big), within(64), within(4096)
 
 
 def _arrange(order, count, items):
@@ -139,6 +136,16 @@ def _collect_ms(repeats=5):
     return statistics.median(times) * 1e3
 
 
+def _alternating(rounds, names, timed_round):
+    """``timed_round(name)`` for each of two names, ``rounds`` times, the order alternating round
+    by round so that drift hits both alike: the times, per name."""
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed_round(name))
+    return times
+
+
 def _ratios(first, second):
     import statistics
 
@@ -153,15 +160,15 @@ def address_order(count, items, rounds):
     descending address order, the two alternating round by round; each round, the median of 5
     full collections. Returns the ascending steps of each order's chain (of its first round) and
     the descending rounds' times over the ascending ones: median and quartiles."""
-    times = {"asc": [], "desc": []}
     steps = {}
-    for r in range(rounds):
-        for order in ("asc", "desc") if r % 2 == 0 else ("desc", "asc"):
-            pins = _arrange(order, count, items)
-            head = chain([items] * count)
-            steps.setdefault(order, _ascending_steps(head))
-            times[order].append(_collect_ms())
-            del head, pins
+
+    def timed_round(order):
+        pins = _arrange(order, count, items)  # noqa: F841 (kept alive while timed)
+        head = chain([items] * count)
+        steps.setdefault(order, _ascending_steps(head))
+        return _collect_ms()
+
+    times = _alternating(rounds, ("asc", "desc"), timed_round)
     return steps, _ratios(times["asc"], times["desc"]) + (
         min(times["asc"]), min(times["desc"]))
 
@@ -173,14 +180,13 @@ def fresh_pages(shape, rounds):
     collections. Returns the trimmed rounds' times over the others: median and quartiles."""
     import rustmalloc
 
-    times = {"trim": [], "keep": []}
-    for r in range(rounds):
-        for mode in ("trim", "keep") if r % 2 == 0 else ("keep", "trim"):
-            if mode == "trim":
-                rustmalloc.trim()
-            head = chain(SHAPES[shape])
-            times[mode].append(_collect_ms())
-            del head
+    def timed_round(mode):
+        if mode == "trim":
+            rustmalloc.trim()
+        head = chain(SHAPES[shape])  # noqa: F841 (kept alive while timed)
+        return _collect_ms()
+
+    times = _alternating(rounds, ("trim", "keep"), timed_round)
     return _ratios(times["keep"], times["trim"])
 
 
