@@ -20,8 +20,6 @@
 //! that another thread might be unmapping.
 
 use crate::segment::SEGMENT_SHIFT;
-#[cfg(test)]
-use crate::segment::SEGMENT_SIZE;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::*};
 
@@ -122,6 +120,7 @@ pub fn for_each(mut f: impl FnMut(*mut u8, u8)) {
 mod tests {
     use super::*;
     use crate::os;
+    use crate::segment::SEGMENT_SIZE;
 
     #[test]
     fn foreign_and_wild_pointers_are_not_ours() {
