@@ -997,54 +997,53 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             return null_mut();
         }
         // A small block is told from its page descriptor alone (a huge block's pointer maps to a
-        // zeroed descriptor, kind `Free`), so the common case reads no segment header.
+        // zeroed descriptor, kind `Free`), so the common case reads no segment header (`seg` is
+        // only an address until a branch reads it).
         let page = page_of(p);
+        let seg = segment_of(p);
         let old_size;
         if (*page).kind == PageKind::Small {
-            debug_assert!((*segment_of(p)).kind != SegmentKind::Huge);
+            debug_assert!((*seg).kind != SegmentKind::Huge);
             old_size = (*page).block_size as usize;
             // Same block if the request still fits and would not fit a class half the size.
             if size <= old_size && size.max(8) * 2 >= old_size {
                 vg::resized_in_place(p, old_size, size);
                 return p;
             }
-        } else {
-            let seg = segment_of(p);
-            if (*seg).kind == SegmentKind::Huge {
-                old_size = (*seg).huge_size;
-                if size > LARGE_MAX {
-                    let d = (*seg).huge_domain as usize;
-                    let record = vg::detach(p, old_size);
-                    let q = huge_resize(seg, size);
-                    vg::attach(record, q, size);
-                    if !q.is_null() {
-                        count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
-                    }
-                    return q;
+        } else if (*seg).kind == SegmentKind::Huge {
+            old_size = (*seg).huge_size;
+            if size > LARGE_MAX {
+                let d = (*seg).huge_domain as usize;
+                let record = vg::detach(p, old_size);
+                let q = huge_resize(seg, size);
+                vg::attach(record, q, size);
+                if !q.is_null() {
+                    count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
                 }
-            } else {
-                old_size = (*page).block_size as usize;
-                if size > SMALL_MAX && size <= LARGE_MAX {
-                    let capacity = (*page).span as usize * PAGE_SIZE;
-                    let fits = size <= capacity && size * 2 >= old_size;
-                    let grown = !fits && size > capacity && (*seg).owner == h && {
-                        let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
-                        let purged = (*seg).purged_pages;
-                        let ok = segment::extend_span(page, extra);
-                        count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
-                        // The heap's list holds only segments with free pages.
-                        if ok && (*seg).free_pages == 0 && (*seg).in_list {
-                            segment_list_remove(h, seg);
-                        }
-                        ok
-                    };
-                    if fits || grown {
-                        let rounded = segment::huge_rounded(size);
-                        count_large_resize(h, (*page).domain as usize, old_size, rounded);
-                        (*page).block_size = rounded as u32;
-                        vg::resized_in_place(p, old_size, size);
-                        return p;
+                return q;
+            }
+        } else {
+            old_size = (*page).block_size as usize;
+            if size > SMALL_MAX && size <= LARGE_MAX {
+                let capacity = (*page).span as usize * PAGE_SIZE;
+                let fits = size <= capacity && size * 2 >= old_size;
+                let grown = !fits && size > capacity && (*seg).owner == h && {
+                    let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
+                    let purged = (*seg).purged_pages;
+                    let ok = segment::extend_span(page, extra);
+                    count_refaulted_pages(h, seg, purged & !(*seg).purged_pages);
+                    // The heap's list holds only segments with free pages.
+                    if ok && (*seg).free_pages == 0 && (*seg).in_list {
+                        segment_list_remove(h, seg);
                     }
+                    ok
+                };
+                if fits || grown {
+                    let rounded = segment::huge_rounded(size);
+                    count_large_resize(h, (*page).domain as usize, old_size, rounded);
+                    (*page).block_size = rounded as u32;
+                    vg::resized_in_place(p, old_size, size);
+                    return p;
                 }
             }
         }
