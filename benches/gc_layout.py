@@ -58,15 +58,17 @@ def lists_of(head):
         head = head[0]
 
 
+def _timed_collection():
+    """Seconds of one full collection, timed after an untimed one (gc_traversal's timed part)."""
+    gc.collect()
+    t0 = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - t0
+
+
 def timed(loops, sizes):
-    keep = chain(sizes)
-    total = 0.0
-    for _ in range(loops):
-        gc.collect()
-        t0 = time.perf_counter()
-        gc.collect()
-        total += time.perf_counter() - t0
-    return total
+    keep = chain(sizes)  # noqa: F841 (kept alive while timed)
+    return sum(_timed_collection() for _ in range(loops))
 
 
 def collect_only(shape, collections):
@@ -127,13 +129,7 @@ def _ascending_steps(head):
 def _collect_ms(repeats=5):
     import statistics
 
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        gc.collect()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(_timed_collection() for _ in range(repeats)) * 1e3
 
 
 def _alternating(rounds, names, timed_round):

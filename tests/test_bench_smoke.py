@@ -389,11 +389,16 @@ if __name__ == "__main__":
 '''
 
 
+def _env_without_allocator():
+    """This environment without the settings that pick an allocator (a child starts on pymalloc)."""
+    return {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
+
+
 def _fake_pyperformance(tmp_path):
     (tmp_path / "pyperf.py").write_text(_FAKE_PYPERF)
     script = tmp_path / "run_benchmark.py"
     script.write_text(_FAKE_BENCHMARK)
-    env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
+    env = _env_without_allocator()
     env["PYTHONPATH"] = str(tmp_path)
     return str(script), env
 
@@ -421,7 +426,7 @@ def test_gc_layout_adjacency_reads_each_array_of_the_chain():
 
 
 def _gc_layout(*args, rustmalloc=True):
-    env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC")}
+    env = _env_without_allocator()
     if rustmalloc:
         env["RUSTMALLOC"] = "1"
     script = os.path.join(ROOT, "benches", "gc_layout.py")
