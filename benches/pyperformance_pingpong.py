@@ -12,7 +12,8 @@ Needs the venv that ``benches/pyperformance.sh`` made (``--venv`` to name anothe
 benchmark (a pyperf benchmark name: ``async_tree_none``, ``deepcopy_memo``, ``xml_etree_parse``
 ...), ``--processes`` times: start one worker per configuration (the benchmark's own script,
 run with pyperf's ``Runner`` replaced by one that hands back the function it would time),
-pinned to ``--cpu``; warm each up; then ``--pairs`` times, ask each in turn for one timing of
+pinned to ``--cpu`` (which one starts and warms up first alternates from process to process);
+warm each up; then ``--pairs`` times, ask each in turn for one timing of
 L loops (L chosen so a timing takes about ``--target-ms``), the order alternating pair by pair.
 Fresh processes each time, so the ratio is averaged over several memory layouts, as pyperf's
 many workers do.
@@ -170,13 +171,19 @@ def measure(python: str, script: str, name: str, extra: List[str], envs: List[di
     totals = [[0, 0.0, 0.0, 0] for _ in envs]  # faults, system seconds, wall seconds, loops
     loops = None
     for p in range(processes):
-        workers = [Worker(python, script, name, extra, env, cpu) for env in envs]
+        # Which configuration's worker starts (and warms up) first alternates from process to
+        # process, like the order of the timings: an A/A run once had the second-started worker
+        # slower in 7 of 8 processes (1.061), so a fixed start order could pass for an allocator's cost.
+        starting = list(range(len(envs)))[::1 if p % 2 == 0 else -1]
+        workers: List[Worker] = [None] * len(envs)  # type: ignore[list-item]
         try:
+            for k in starting:
+                workers[k] = Worker(python, script, name, extra, envs[k], cpu)
             if loops is None:  # one loop count for every process of this benchmark
-                loops = calibrate(workers[0], target_s)
-            for w in workers:  # warm-up: imports done, caches and the allocator's pages in use
+                loops = calibrate(workers[starting[0]], target_s)
+            for k in starting:  # warm-up: imports done, caches and the allocator's pages in use
                 for _ in range(2):
-                    w.time(loops)
+                    workers[k].time(loops)
             ratios = []
             for i in range(pairs):
                 order = (0, 1) if (i + p) % 2 == 0 else (1, 0)
@@ -191,7 +198,8 @@ def measure(python: str, script: str, name: str, extra: List[str], envs: List[di
             out.append(ratios)
         finally:
             for w in workers:
-                w.close()
+                if w is not None:
+                    w.close()
     if kernel is not None:
         kernel["faults"] = [f / n for f, _, _, n in totals]
         kernel["system"] = [sys_s / s if s > 0 else 0.0 for _, sys_s, s, _ in totals]

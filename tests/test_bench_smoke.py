@@ -512,6 +512,29 @@ def test_pingpong_pairs_second_over_first_and_summarises_by_process(tmp_path):
     assert "| **geometric mean** | 1.049 |" in two  # sqrt(1.1)
 
 
+def test_pingpong_alternates_which_configuration_starts_first(monkeypatch):
+    mod = _bench_module("pyperformance_pingpong")
+    started, calibrated = [], []
+
+    class FakeWorker:
+        def __init__(self, python, script, name, extra, env, cpu):
+            self.seconds, self.faults, self.system, self.wall = env["S"], 0, 0.0, env["S"]
+            started.append(env["S"])
+
+        def time(self, loops):
+            return self.seconds * loops
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(mod, "Worker", FakeWorker)
+    monkeypatch.setattr(mod, "calibrate", lambda w, target: calibrated.append(w.seconds) or 1)
+    per_process = mod.measure("python", "script", "bench", [], [{"S": 1.0}, {"S": 2.0}], 4, 2, 0.01, None)
+    assert started == [1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 1.0]
+    assert calibrated == [1.0]  # once, on the worker started first
+    assert all(r == 2.0 for p in per_process for r in p)  # still second configuration over first
+
+
 def test_pingpong_finds_the_script_of_a_benchmark_inside_another():
     mod = _bench_module("pyperformance_pingpong")
     scripts = {"async_tree": ("a.py", ["none"]), "async_tree_eager": ("a.py", ["eager"]),
