@@ -12,7 +12,8 @@ configuration's median over the rounds, its quartiles, and its ratio to the firs
 configuration's median. Configurations: pymalloc, malloc (glibc), rustmalloc,
 rustmalloc-nopurge (automatic purging held off by a purge delay of 1000 s), rustmalloc-delay1s
 (a purge delay of 1 s instead of 250 ms), rustmalloc-retain256m (256 MiB of empty pages
-kept per heap instead of 4 MiB), and jemalloc, tcmalloc and mimalloc (``PYTHONMALLOC=malloc``
+kept per heap instead of 4 MiB), rustmalloc-noidle (no idle purger thread; the purge still runs on
+the heaps' slow paths), and jemalloc, tcmalloc and mimalloc (``PYTHONMALLOC=malloc``
 with the library preloaded) where installed. BENCHMARK is a pyperformance benchmark (``xml_etree``, whose
 first pyperf task runs unless ``--task`` says another) or one pyperf benchmark of a script that
 holds several (``xml_etree_parse``, ``deepcopy_memo``, ``async_tree_none``): its script and task
@@ -43,6 +44,8 @@ CONFIGS = {
     # The purge policy's two knobs, each raised alone: which part of the purge costs a benchmark.
     "rustmalloc-delay1s": {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": "1000"},
     "rustmalloc-retain256m": {"RUSTMALLOC": "1", "RUSTMALLOC_RETAIN_BYTES": str(256 << 20)},
+    # No idle purger thread (the purge still runs on the heaps' slow paths).
+    "rustmalloc-noidle": {"RUSTMALLOC": "1", "RUSTMALLOC_IDLE_PURGE": "0"},
     # Another build of rustmalloc against this one (two commits side by side): a wheel built at
     # the other commit, unpacked into the directory $RUSTMALLOC_OTHER_BUILD, comes first on the
     # path (`maturin build --release -o W && python -m zipfile -e W/*.whl DIR`).
