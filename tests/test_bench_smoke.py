@@ -640,3 +640,36 @@ def test_memory_script_runs_every_scenario_and_tabulates_them(tmp_path):
     for row in trim_rows:
         built, after = float(row[2]), float(row[5])
         assert after < 0.8 * built, row
+
+
+def test_tlb_by_function_sums_each_functions_first_level_misses():
+    """tlb_by_function.py splits cachegrind's first-level misses (reads and writes) by function,
+    across the files a function's lines come from, and leaves out the other events."""
+    mod = _bench_module("tlb_by_function")
+    text = "\n".join([
+        "desc: I1 cache: 32768 B, 64 B, 8-way associative",
+        "cmd: python x.py",
+        "events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw",
+        "fl=/src/obmalloc.c",
+        "fn=_PyObject_Malloc",
+        "10 100 1 0 40 3 1 20 2 1",
+        "11 50 0 0 10 1 0 5 0 0",
+        "fn=_PyObject_Free",
+        "20 80 0 0 30 4 0 10 1 0",
+        "fl=/src/obmalloc_inline.h",
+        "fn=_PyObject_Malloc",
+        "5 9 0 0 2 2 0 1 1 0",
+        "summary: 239 1 0 82 10 1 36 4 1",
+    ])
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".cg", delete=False) as f:
+        f.write(text)
+    try:
+        per = mod.parse(f.name)
+    finally:
+        os.unlink(f.name)
+    assert per[("obmalloc.c", "_PyObject_Malloc")] == 3 + 2 + 1 + 0
+    assert per[("obmalloc.c", "_PyObject_Free")] == 4 + 1
+    assert per[("obmalloc_inline.h", "_PyObject_Malloc")] == 2 + 1
+    assert sum(per.values()) == 10 + 4  # the summary's D1mr + D1mw
+    assert mod.tlb_options(mod.TLB) == ["--cache-sim=yes", "--D1=262144,64,4096", "--LL=8388608,16,4096"]
