@@ -9,7 +9,8 @@ cachegrind's model (each 4 KiB page a "line" of a 64-entry, fully associative "c
 script splits them by function, so that one can see whether an allocator's extra misses are in
 its own code (the blocks its free lists hand out) or in the interpreter's (the objects the program
 then reads: a working set spread over more pages). Runs the benchmark's pyperf worker (task
-``--task`` of ``bm_<benchmark>``, e.g. 1 for xml_etree_iterparse) under cachegrind with 1 and 3
+``--task`` of the script of pyperformance benchmark ``--benchmark``, e.g. 1 of xml_etree for
+xml_etree_iterparse) under cachegrind with 1 and 3
 loops, for pymalloc, rustmalloc (the wheel in pyperformance's venv) and each ``--other NAME=DIR``
 (an unpacked rustmalloc build put first on ``PYTHONPATH``), and prints the misses per loop of
 each function (the difference of the two runs over 2), the functions whose counts differ most
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import os
 import subprocess
 import sys
@@ -29,8 +29,8 @@ from typing import Counter, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from configs import CALLGRIND_HASH_SEED, CALLGRIND_PURGE_DELAY_MS  # noqa: E402
-from pyperformance_callgrind import tlb_options  # noqa: E402
+from configs import CALLGRIND_HASH_SEED  # noqa: E402
+from pyperformance_callgrind import CONFIGS, pyperformance_setup, tlb_options, worker_cmd  # noqa: E402
 
 # The TLB model of `pyperformance_callgrind.py --tlb-sim`'s default.
 TLB = "64,64,2048,16"
@@ -57,30 +57,25 @@ def parse(path: str) -> Counter:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--benchmark", default="xml_etree", help="pyperformance benchmark directory, without bm_")
+    ap.add_argument("--benchmark", default="xml_etree", help="a pyperformance benchmark (a script's name)")
     ap.add_argument("--task", type=int, default=1, help="pyperf worker task (xml_etree: 1 is iterparse)")
     ap.add_argument("--other", action="append", default=[], help="NAME=DIR: an unpacked rustmalloc build")
     ap.add_argument("--venv", help="pyperformance's venv (default: the one benches/pyperformance.sh made)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "tmp", "tlb_by_function"))
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
-    venvs = [a.venv] if a.venv else glob.glob(os.path.join(HERE, "results", "tmp", "pyperformance", "venv", "*"))
-    if len(venvs) != 1:
-        raise SystemExit("run benches/pyperformance.sh once first (it makes the venv), or pass --venv")
-    python = os.path.join(venvs[0], "bin", "python")
-    found = glob.glob(os.path.join(venvs[0], "lib", "python3*", "site-packages", "pyperformance", "data-files",
-                                   "benchmarks", f"bm_{a.benchmark}", "run_benchmark.py"))
-    if not found:
-        raise SystemExit(f"no bm_{a.benchmark}/run_benchmark.py in {venvs[0]}")
-    base = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "PYTHONPATH")}
-    base["PYTHONHASHSEED"] = CALLGRIND_HASH_SEED
-    rust = {"RUSTMALLOC": "1", "RUSTMALLOC_PURGE_DELAY_MS": str(CALLGRIND_PURGE_DELAY_MS)}
-    configs: Dict[str, dict] = {"pymalloc": {}, "rustmalloc": rust}
+    python, scripts, base = pyperformance_setup(a.venv)
+    if a.benchmark not in scripts:
+        raise SystemExit(f"unknown benchmark {a.benchmark!r}")
+    script, extra = scripts[a.benchmark]
+    base.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
+    base.pop("PYTHONPATH", None)  # rustmalloc is the venv's own wheel unless --other says
+    configs: Dict[str, dict] = {"pymalloc": CONFIGS["pymalloc"], "rustmalloc": CONFIGS["rustmalloc"]}
     for item in a.other:
         name, sep, path = item.partition("=")
         if not sep or not os.path.isdir(path):
             raise SystemExit(f"--other {item!r}: give NAME=DIR, DIR an unpacked rustmalloc build")
-        configs[name] = dict(rust, PYTHONPATH=os.path.abspath(path))
+        configs[name] = dict(CONFIGS["rustmalloc"], PYTHONPATH=os.path.abspath(path))
     os.makedirs(a.out, exist_ok=True)
 
     per_loop: Dict[str, Dict[Tuple[str, str], float]] = {}
@@ -92,16 +87,15 @@ def main() -> int:
                 result = os.path.join(a.out, f"{config}-{loops}.json")
                 if os.path.exists(result):
                     os.remove(result)  # pyperf will not overwrite its output
-                cmd = ["valgrind", "--tool=cachegrind", *tlb_options(TLB), f"--cachegrind-out-file={out}", python,
-                       found[0], "--worker", "--loops", str(loops), "--values", "1", "--warmups", "0",
-                       "--worker-task", str(a.task), "-o", result]
+                cmd = ["valgrind", "--tool=cachegrind", *tlb_options(TLB), f"--cachegrind-out-file={out}",
+                       *worker_cmd(python, script, extra, loops, a.task, result)]
                 subprocess.run(cmd, env=dict(base, **env), check=True, capture_output=True)
             counts.append(parse(out))
         one, three = counts
         per_loop[config] = {k: (three[k] - one[k]) / 2 for k in set(one) | set(three)}
 
     names = list(configs)
-    print(f"L1 DTLB misses per loop (model: 64 entries, 4 KiB pages), bm_{a.benchmark} task {a.task}\n")
+    print(f"L1 DTLB misses per loop (model: 64 entries, 4 KiB pages), {a.benchmark} task {a.task}\n")
     print("| function | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     print("| **all** | " + " | ".join(f"{sum(per_loop[c].values()) / 1e6:.3f} M" for c in names) + " |")

@@ -642,7 +642,7 @@ def test_memory_script_runs_every_scenario_and_tabulates_them(tmp_path):
         assert after < 0.8 * built, row
 
 
-def test_tlb_by_function_sums_each_functions_first_level_misses():
+def test_tlb_by_function_sums_each_functions_first_level_misses(tmp_path):
     """tlb_by_function.py splits cachegrind's first-level misses (reads and writes) by function,
     across the files a function's lines come from, and leaves out the other events."""
     mod = _bench_module("tlb_by_function")
@@ -661,13 +661,9 @@ def test_tlb_by_function_sums_each_functions_first_level_misses():
         "5 9 0 0 2 2 0 1 1 0",
         "summary: 239 1 0 82 10 1 36 4 1",
     ])
-    import tempfile
-    with tempfile.NamedTemporaryFile("w", suffix=".cg", delete=False) as f:
-        f.write(text)
-    try:
-        per = mod.parse(f.name)
-    finally:
-        os.unlink(f.name)
+    out = tmp_path / "cachegrind.out"
+    out.write_text(text)
+    per = mod.parse(str(out))
     assert per[("obmalloc.c", "_PyObject_Malloc")] == 3 + 2 + 1 + 0
     assert per[("obmalloc.c", "_PyObject_Free")] == 4 + 1
     assert per[("obmalloc_inline.h", "_PyObject_Malloc")] == 2 + 1
