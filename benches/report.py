@@ -12,7 +12,7 @@ INSTR_GOAL_BENCHES = ("pairs_obj_mix", "batch_obj_mix", "batch_random_obj_mix", 
 SUBJECT = "rustmalloc"
 FLOOR = "rustmalloc-fwd"
 MEMORY_GOAL_MIN_MB = 100
-#: Why a goal is missed, where a cause was found and measured (README, "Benchmarks"), by
+#: Why a goal is missed, where a cause was found and measured (`docs/benchmark-log.md`), by
 #: benchmark. A miss of another goal gets the generic advice of `miss_causes`.
 KNOWN_CAUSES = {
     "realloc_mem_list": (
@@ -20,7 +20,7 @@ KNOWN_CAUSES = {
         "nearly every growth of a list move its array; tcmalloc grows a block to at least 1.25x its old "
         "size, so it copies about a third less, and without the copies rustmalloc takes fewer instructions "
         "(`micro_pingpong/list-growth-copies-s19-amd.md`). Growing with room here was 1.35x faster and took "
-        "11-13% more RSS on list-heavy programs, so it was not adopted (README, Benchmarks, session 18's misses)"
+        "11-13% more RSS on list-heavy programs, so it was not adopted (`docs/benchmark-log.md`, session 18's misses)"
     ),
     "cross_raw_mix": (
         "instructions. tcmalloc never hands a freed block back to the thread that owns it: 66.7 instructions "
@@ -289,7 +289,7 @@ def miss_causes(rows: Sequence[Tuple[str, str, str, str]]) -> List[str]:
         elif goal.endswith("instructions (callgrind)") and _missed_by(verdict) < 0.005:
             lines.append(
                 f"`{goal}`: within what these counts resolve. The same workload under the same allocator moves "
-                "by up to half a percent between runs with the environment (README, Benchmarks), and the "
+                "by up to half a percent between runs with the environment (`docs/benchmark-log.md`), and the "
                 "allocator's own instructions are a few percent of a workload's; compare the per-workload "
                 "figures under \"Level 2 under callgrind\" with earlier runs'."
             )
