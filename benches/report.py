@@ -23,12 +23,13 @@ KNOWN_CAUSES = {
         "11-13% more RSS on list-heavy programs, so it was not adopted (`docs/benchmark-log.md`, session 18's misses)"
     ),
     "cross_raw_mix": (
-        "instructions. tcmalloc never hands a freed block back to the thread that owns it: 66.7 instructions "
-        "per call under callgrind, against rustmalloc's 78.6 (84.6 before session 23), and rustmalloc's time "
-        "is about that ratio (1.14x tcmalloc's on 2 threads, even on 4, `micro_pingpong/raw-leaf-aligned-s23-amd.md`). "
-        "mimalloc, which hands blocks back as rustmalloc does, takes 81.5 instructions, and rustmalloc 1.03x "
-        "its time on 2 threads (even on 4). Keeping a freed block in the freeing thread, as tcmalloc does, "
-        "was tried and was 1.11x slower (`micro_pingpong/README.md`, session 22)"
+        "instructions and cache lines. A block freed by another thread goes back to the heap that owns its "
+        "page, as in mimalloc; tcmalloc keeps it in the freeing thread's cache and never hands it back. Under "
+        "callgrind tcmalloc takes 66.7 instructions per call, rustmalloc 78.6 and mimalloc 81.5, and by "
+        "session 27's tests the rest is the blocks' cache lines moving twice where tcmalloc's move once. In "
+        "ping-pong rustmalloc took 1.20x tcmalloc's time on 2 threads (`micro_pingpong/goals-s25-amd.md`) and "
+        "1.03x mimalloc's (session 23). Keeping a freed block in the freeing thread, as tcmalloc does, was "
+        "1.11x slower, and pushing blocks back 64 at a time 1.02x (`docs/benchmark-log.md`, sessions 22 and 27)"
     ),
 }
 
