@@ -83,6 +83,8 @@ EVENTS = re.compile(r"^events:\s*(.*)$", re.M)
 CACHE_KEYS = {"ir": ("Ir",), "d1": ("D1mr", "D1mw"), "l2": ("DLmr", "DLmw")}
 BRANCH_KEYS = {"ir": ("Ir",), "d1": ("Bcm",), "l2": ("Bim",)}
 BRANCH_OPTIONS = ["--cache-sim=no", "--branch-sim=yes"]
+#: The data-TLB model of --tlb-sim unless --tlb says otherwise: L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS.
+DEFAULT_TLB = "64,64,2048,16"
 
 
 def benchmark_scripts(bench_root: str) -> Dict[str, Tuple[str, List[str]]]:
@@ -269,8 +271,8 @@ def main() -> int:
                     "the second-level TLB); writes tlbsim.md / tlbsim.json")
     ap.add_argument("--branch-sim", action="store_true",
                     help="count branch mispredictions with cachegrind's branch model; writes branchsim.md / branchsim.json")
-    ap.add_argument("--tlb", default="64,64,2048,16",
-                    help="with --tlb-sim: L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS (default 64,64,2048,16)")
+    ap.add_argument("--tlb", default=DEFAULT_TLB,
+                    help=f"with --tlb-sim: L1_ENTRIES,L1_WAYS,L2_ENTRIES,L2_WAYS (default {DEFAULT_TLB})")
     a = ap.parse_args()
     if a.cache_sim + a.tlb_sim + a.branch_sim > 1:
         raise SystemExit("--cache-sim, --tlb-sim and --branch-sim are separate runs: give one of them")

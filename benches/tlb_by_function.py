@@ -30,14 +30,19 @@ from typing import Counter, Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from configs import CALLGRIND_HASH_SEED  # noqa: E402
-from pyperformance_callgrind import CONFIGS, pyperformance_setup, tlb_options, worker_cmd  # noqa: E402
-
-# The TLB model of `pyperformance_callgrind.py --tlb-sim`'s default.
-TLB = "64,64,2048,16"
+from pyperformance_callgrind import (  # noqa: E402
+    CACHE_KEYS,
+    CONFIGS,
+    DEFAULT_TLB as TLB,
+    pyperformance_setup,
+    tlb_options,
+    worker_cmd,
+)
 
 
 def parse(path: str) -> Counter:
-    """(file, function) -> first-level data misses (D1mr + D1mw) of a cachegrind output file."""
+    """(file, function) -> first-level data misses (`CACHE_KEYS["d1"]`: D1mr + D1mw) of a cachegrind
+    output file."""
     per: Counter = collections.Counter()
     events: List[str] = []
     fl = fn = ""
@@ -51,7 +56,7 @@ def parse(path: str) -> Counter:
                 fn = line[3:].strip()
             elif line[:1].isdigit() and events:
                 d = dict(zip(events, map(int, line.split()[1:])))
-                per[(fl, fn)] += d.get("D1mr", 0) + d.get("D1mw", 0)
+                per[(fl, fn)] += sum(d.get(e, 0) for e in CACHE_KEYS["d1"])
     return per
 
 
