@@ -27,9 +27,15 @@ KNOWN_CAUSES = {
         "page, as in mimalloc; tcmalloc keeps it in the freeing thread's cache and never hands it back. Under "
         "callgrind tcmalloc takes 66.7 instructions per call, rustmalloc 78.6 and mimalloc 81.5, and by "
         "session 27's tests the rest is the blocks' cache lines moving twice where tcmalloc's move once. In "
-        "ping-pong rustmalloc took 1.20x tcmalloc's time on 2 threads (`micro_pingpong/goals-s25-amd.md`) and "
-        "1.03x mimalloc's (session 23). Keeping a freed block in the freeing thread, as tcmalloc does, was "
+        "ping-pong rustmalloc took 1.19x tcmalloc's and 1.12x mimalloc's time on 2 threads, 1.11x and 1.07x on 4 "
+        "(`micro_pingpong/goals2-s30-amd.md`, `goals-s30-amd.md`; 1.03x mimalloc's on 2 in session 23). Keeping a "
+        "freed block in the freeing thread, as tcmalloc does, was "
         "1.11x slower, and pushing blocks back 64 at a time 1.02x (`docs/benchmark-log.md`, sessions 22 and 27)"
+    ),
+    "pairs_raw_mix": (
+        "not placed. In ping-pong rustmalloc took 1.024x tcmalloc's time (8 of 8 pairs, "
+        "`micro_pingpong/goals-s30-amd.md`) with fewer instructions per call under callgrind (49.6 against "
+        "55.0): not the instruction count (`docs/benchmark-log.md`, session 30)"
     ),
 }
 
