@@ -30,7 +30,10 @@ KNOWN_CAUSES = {
         "ping-pong rustmalloc took 1.19x tcmalloc's and 1.12x mimalloc's time on 2 threads, 1.11x and 1.07x on 4 "
         "(`micro_pingpong/goals2-s30-amd.md`, `goals-s30-amd.md`; 1.03x mimalloc's on 2 in session 23). Keeping a "
         "freed block in the freeing thread, as tcmalloc does, was "
-        "1.11x slower, and pushing blocks back 64 at a time 1.02x (`docs/benchmark-log.md`, sessions 22 and 27)"
+        "1.11x slower, and pushing blocks back 64 at a time 1.02x (`docs/benchmark-log.md`, sessions 22 and 27). "
+        "The gap to mimalloc grows with the batch (even at 250 blocks, 1.18x at 100,000): the owner collects its "
+        "whole remote stack at once; per-page lists spliced whole (branch `per-page-remote`) made these frees "
+        "1.11-1.13x faster but churn 7-9% slower, unexplained, and are not merged (session 31)"
     ),
     "pairs_raw_mix": (
         "not placed. In ping-pong rustmalloc took 1.024x tcmalloc's time (8 of 8 pairs, "
