@@ -1,11 +1,18 @@
 //! A heap: the segments one owner carves pages from, a queue of pages per (domain, class), and
 //! the owner's counters. The owner is one thread (a RAW heap) or whoever holds the GIL (the GIL
-//! heap, serving MEM and OBJ); only the owner touches anything but `remote` (other threads push
-//! onto it) and `owner_tp` (other threads read it).
+//! heap, serving MEM and OBJ); only the owner touches anything but `remote` (both stacks) and
+//! the pages' remote-free slots (other threads push onto them) and `owner_tp` (other threads
+//! read it).
 //!
-//! Blocks freed by anyone else are pushed onto `remote`, a lock-free stack, and the owner takes
-//! the whole stack with one swap on its next slow path. The fast paths below are a free-list pop
-//! or push, a `used` count and one counter; everything else is `#[cold]`.
+//! A block of a small page freed by anyone else is pushed onto that page's remote-free list
+//! (`segment::RemoteSlot`), and the page onto the heap's `remote.pages` when its list was empty;
+//! on its next slow path the owner takes the pages with one swap and splices each page's list
+//! onto its free list whole, touching only the list's last block, so the blocks' cache lines move
+//! back to the owner only when it allocates them again. Large blocks (and the rare free that
+//! found no heap of its own) go onto `remote.blocks`, a lock-free stack of blocks taken the same
+//! way.
+//! The fast paths below are a free-list pop or push, a `used` count and one counter; everything
+//! else is `#[cold]`.
 //!
 //! Page queue invariant: a small page is in the queue of its (domain, class) iff `!full`; the
 //! first page of a queue is where allocation happens, and pages that were full and got a block
@@ -117,12 +124,12 @@ pub struct Heap {
     pub purged_before_ms: u64,
     pub idle_frees_seen: u64,
     pub idle_active_ms: u64,
-    /// Blocks taken off `remote` (`collect_remote`): frees of this heap's blocks by others,
+    /// Blocks collected from `remote` (both stacks) (`collect_remote`): frees of this heap's blocks by others,
     /// which count on the freeing heap, not here.
     pub remote_collected: u64,
     /// Blocks of this heap freed by others: a stack linked through each block's first word.
     /// Written by other threads (see `CacheLine`).
-    pub remote: CacheLine<AtomicPtr<u8>>,
+    pub remote: CacheLine<RemoteHeads>,
     /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
     /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
     /// and clears it before handing the heap over; the fork child handler clears it for every
@@ -156,10 +163,23 @@ impl Heap {
             idle_frees_seen: 0,
             idle_active_ms: 0,
             remote_collected: 0,
-            remote: CacheLine(AtomicPtr::new(null_mut())),
+            remote: CacheLine(RemoteHeads {
+                blocks: AtomicPtr::new(null_mut()),
+                pages: AtomicPtr::new(null_mut()),
+            }),
             owner_tp: CacheLine(AtomicUsize::new(0)),
         }
     }
+}
+
+/// Where other threads leave a heap's blocks they free (on one line, see `CacheLine`).
+pub struct RemoteHeads {
+    /// Large blocks (and frees that found no heap of their own): a stack linked through each
+    /// block's first word.
+    pub blocks: AtomicPtr<u8>,
+    /// Small pages with blocks waiting on their remote-free lists (`segment::RemoteSlot`): a
+    /// stack linked through the slots' `next_page`.
+    pub pages: AtomicPtr<Page>,
 }
 
 /// A value alone on its cache line(s). The fields of a heap that other threads use are kept
@@ -412,7 +432,7 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
 #[inline(never)]
 unsafe extern "C" fn alloc_small_slow(h: *mut Heap, class: usize, domain: usize) -> *mut u8 {
     if (*h).purge_countdown > 0
-        && (*h).remote.load(Relaxed).is_null()
+        && !has_remote(h)
         && purge::TRIM_EPOCH.load(Relaxed) == (*h).trim_epoch_seen
     {
         (*h).purge_countdown -= 1;
@@ -852,6 +872,8 @@ unsafe fn free_slower(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p:
         let owner = (*seg).owner;
         if owner == h {
             free_local_uncounted(h, page, p);
+        } else if (*page).kind == PageKind::Small {
+            push_remote_small(owner, page, p);
         } else {
             push_remote(owner, p);
         }
@@ -884,7 +906,7 @@ pub unsafe fn free_to_other_heap(h: *mut Heap, owner: *mut Heap, page: *mut Page
     // while the owner changes the page's other fields is no race. It is read before the push:
     // after it, the owner may collect the block and release and reuse the page.
     (*h).counters.free_counter((*page).counter as usize).add(1);
-    push_remote(owner, p);
+    push_remote_small(owner, page, p);
 }
 
 /// Push `p` onto `owner`'s remote-free stack. Any thread may call this.
@@ -892,7 +914,7 @@ pub unsafe fn free_to_other_heap(h: *mut Heap, owner: *mut Heap, page: *mut Page
 /// # Safety
 /// `p` is a live block of a page of `owner`, no longer used by the caller.
 pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
-    let remote = &(*owner).remote;
+    let remote = &(*owner).remote.0.blocks;
     let mut head = remote.load(Relaxed);
     loop {
         vg::write_link(p, head);
@@ -903,16 +925,76 @@ pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
     }
 }
 
+/// Push `p`, a block of small page `page` of heap `owner`, onto the page's remote-free list
+/// (`segment::RemoteSlot`), and the page onto `owner`'s stack if the list was empty. Any thread
+/// may call this.
+///
+/// # Safety
+/// `p` is a live block of `page`, a small page of `owner`, no longer used by the caller.
+#[inline(never)]
+pub unsafe fn push_remote_small(owner: *mut Heap, page: *mut Page, p: *mut u8) {
+    const MASK: u64 = (1 << segment::REMOTE_OFFSET_BITS) - 1;
+    let slot = segment::remote_slot(page);
+    let seg = p as usize & !(SEGMENT_SIZE - 1);
+    let off = ((p as usize - seg) >> 4) as u64;
+    let mut list = (*slot).list.load(Relaxed);
+    loop {
+        let (first, len) = (list & MASK, list >> 40);
+        let (link, last) = if len == 0 {
+            (null_mut(), off)
+        } else {
+            (
+                (seg + ((first as usize) << 4)) as *mut u8,
+                (list >> segment::REMOTE_OFFSET_BITS) & MASK,
+            )
+        };
+        vg::write_link(p, link);
+        let new = off | last << segment::REMOTE_OFFSET_BITS | (len + 1) << 40;
+        // Release: the link above is seen by the owner's swap. Acquire: when the list was empty,
+        // the owner's last read of `next_page` (before its swap emptied the list) comes before
+        // the write below.
+        match (*slot)
+            .list
+            .compare_exchange_weak(list, new, AcqRel, Relaxed)
+        {
+            Ok(_) if len == 0 => break,
+            Ok(_) => return,
+            Err(now) => list = now,
+        }
+    }
+    let pages = &(*owner).remote.0.pages;
+    let mut head = pages.load(Relaxed);
+    loop {
+        (*slot).next_page.store(head, Relaxed);
+        match pages.compare_exchange_weak(head, page, Release, Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Whether blocks others freed wait for `h` (on its remote stack or its pages' lists).
+///
+/// # Safety
+/// `h` is a live heap.
+#[inline(always)]
+pub unsafe fn has_remote(h: *mut Heap) -> bool {
+    !(*h).remote.0.blocks.load(Relaxed).is_null() || !(*h).remote.0.pages.load(Relaxed).is_null()
+}
+
 /// Free, without counting (it was counted by whoever called free), every block others freed
 /// into `h`.
 ///
 /// # Safety
 /// The caller is `h`'s owner.
 pub unsafe fn collect_remote(h: *mut Heap) {
-    if (*h).remote.load(Relaxed).is_null() {
+    if !(*h).remote.0.pages.load(Relaxed).is_null() {
+        collect_remote_pages(h);
+    }
+    if (*h).remote.0.blocks.load(Relaxed).is_null() {
         return;
     }
-    let mut b = (*h).remote.swap(null_mut(), Acquire);
+    let mut b = (*h).remote.0.blocks.swap(null_mut(), Acquire);
     let mut taken = 0;
     while !b.is_null() {
         let next = vg::read_link(b);
@@ -931,6 +1013,73 @@ pub unsafe fn collect_remote(h: *mut Heap) {
         b = next;
     }
     (*h).remote_collected += taken;
+}
+
+/// Splice every page's remote-free list (`segment::RemoteSlot`) onto its free list.
+///
+/// # Safety
+/// The caller is `h`'s owner.
+unsafe fn collect_remote_pages(h: *mut Heap) {
+    const MASK: u64 = (1 << segment::REMOTE_OFFSET_BITS) - 1;
+    let mut page = (*h).remote.0.pages.swap(null_mut(), Acquire);
+    let mut taken = 0;
+    while !page.is_null() {
+        let slot = segment::remote_slot(page);
+        // Read before the swap: once the list is empty, a freeing thread may push the page again.
+        let next = (*slot).next_page.load(Relaxed);
+        let list = (*slot).list.swap(0, AcqRel);
+        let seg = page as usize & !(SEGMENT_SIZE - 1);
+        let len = (list >> 40) as u32;
+        debug_assert!(len > 0 && len <= (*page).used);
+        let first = (seg + (((list & MASK) as usize) << 4)) as *mut u8;
+        let last =
+            (seg + ((((list >> segment::REMOTE_OFFSET_BITS) & MASK) as usize) << 4)) as *mut u8;
+        vg::write_link(last, (*page).free);
+        (*page).free = first;
+        (*page).used -= len;
+        // SAFETY: a small page's `counter` indexes the flattened `collected` array.
+        (*h).counters
+            .collected_counter((*page).counter as usize)
+            .add(len as u64);
+        taken += len as u64;
+        if (*page).used == 0 || (*page).full {
+            page_became_free_or_unfull(h, page);
+        }
+        page = next;
+    }
+    (*h).remote_collected += taken;
+}
+
+/// In the child of a fork: rebuild `h`'s stack of pages with remote frees (`remote.pages`) from
+/// the pages' own lists. A thread of the parent may have been between its push onto a page's
+/// empty list and its push of the page onto the stack; in the child it never finishes, and
+/// without this the page's waiting blocks would never be collected. O(segments of `h`).
+///
+/// # Safety
+/// Only the calling thread exists, and `h` is not mid-change (not poisoned).
+pub unsafe fn relink_remote_pages_after_fork(h: *mut Heap) {
+    let mut stack: *mut Page = null_mut();
+    let mut seg = (*h).all_segments;
+    while !seg.is_null() {
+        let mut i = 1; // page 0 holds the metadata; a large span's descriptor is its first page's
+        while i < segment::PAGES_PER_SEGMENT {
+            let page = segment::page_at(seg, i);
+            match (*page).kind {
+                PageKind::Small => {
+                    let slot = segment::remote_slot(page);
+                    if (*slot).list.load(Relaxed) != 0 {
+                        (*slot).next_page.store(stack, Relaxed);
+                        stack = page;
+                    }
+                    i += 1;
+                }
+                PageKind::Large => i += (*page).span as usize,
+                PageKind::Free => i += 1,
+            }
+        }
+        seg = (*seg).all.next;
+    }
+    (*h).remote.0.pages.store(stack, Relaxed);
 }
 
 /// # Safety
@@ -1298,7 +1447,7 @@ pub unsafe fn idle_look(h: *mut Heap, now: u64) -> Option<u64> {
             .counters
             .free_activity()
             .wrapping_add((*h).remote_collected);
-        let moved = seen != (*h).idle_frees_seen || !(*h).remote.load(Relaxed).is_null();
+        let moved = seen != (*h).idle_frees_seen || has_remote(h);
         (*h).idle_frees_seen = seen;
         moved
     };

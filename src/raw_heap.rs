@@ -23,7 +23,9 @@
 //! Fork: the only lock is `FALLBACK_LOCK`, taken by the `pthread_atfork` prepare handler and
 //! released in both processes. In the child, every heap owned by a thread other than the forking
 //! one is abandoned (its thread does not exist there); one that was mid-call (its `busy` flag set)
-//! may be inconsistent and is poisoned instead: leaked, never adopted.
+//! may be inconsistent and is poisoned instead: leaked, never adopted. The child also rebuilds
+//! each usable heap's stack of pages with remote frees (a freeing thread may have stopped between
+//! its two pushes; see `heap::relink_remote_pages_after_fork`).
 
 use crate::heap::{self, Heap};
 use crate::os;
@@ -477,6 +479,12 @@ extern "C" fn fork_child() {
                 };
                 (*h).busy.store(false, Relaxed);
                 (*h).state.store(s, Relaxed);
+            }
+            // A heap no thread was changing (a poisoned one may be mid-change, a shared one is
+            // held by a thread that does not exist here): see `relink_remote_pages_after_fork`.
+            let st = (*h).state.load(Relaxed);
+            if h == mine || st == ABANDONED {
+                heap::relink_remote_pages_after_fork(h as *mut Heap);
             }
             h = (*h).next_in_registry;
         }

@@ -49,7 +49,11 @@ pub const HUGE_OFFSET: usize = 256;
 /// Offset of the pages' touch times (`touch_times`), after the page descriptors.
 const TOUCHED_OFFSET: usize = PAGES_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<Page>();
 
+/// Offset of the pages' remote-free lists (`RemoteSlot`), after the touch times.
+const REMOTE_OFFSET: usize = (TOUCHED_OFFSET + core::mem::size_of::<TouchTimes>() + 63) & !63;
+
 const _: () = {
+    assert!(REMOTE_OFFSET + PAGES_PER_SEGMENT * core::mem::size_of::<RemoteSlot>() <= PAGE_SIZE);
     assert!(core::mem::size_of::<SegmentHeader>() <= PAGES_OFFSET);
     assert!(core::mem::size_of::<SegmentHeader>() <= HUGE_OFFSET && HUGE_OFFSET % 16 == 0);
     assert!(PAGES_OFFSET + core::mem::size_of::<Page>() <= HUGE_OFFSET);
@@ -235,6 +239,37 @@ pub struct TouchTimes {
 #[inline(always)]
 pub unsafe fn touch_times(seg: *mut SegmentHeader) -> *mut TouchTimes {
     (seg as *mut u8).add(TOUCHED_OFFSET) as *mut TouchTimes
+}
+
+/// Blocks of one small page freed by threads other than its owner's, waiting for the owner, and
+/// the page's link in its owner's stack of pages with such blocks (`Heap::remote`'s `pages`).
+///
+/// `list` packs the list's first block, its last block (both as offsets from the segment in
+/// 16-byte units, 18 bits each) and its length (bits 40..): 0 is the empty list. The blocks
+/// are chained through their first words, the last one's null. A freeing thread pushes with one
+/// compare-and-swap on `list` and, when the list was empty, puts the page on its owner's stack;
+/// the owner takes the whole list with one swap and splices it onto the page's free list
+/// through the last block, reading and writing no other block. The length in the same word keeps
+/// the push free of ABA: whenever its compare-and-swap succeeds, the list is exactly the one it
+/// read. Invariant: a page is on its owner's stack (or in a stack the owner took and is still
+/// walking) exactly when its `list` is not 0; the blocks on it stay in the page's `used`, so
+/// the page cannot go back to its segment while any wait. Lives in the segment's metadata page,
+/// away from the descriptors the owner writes on every call.
+#[repr(C)]
+pub struct RemoteSlot {
+    pub list: core::sync::atomic::AtomicU64,
+    pub next_page: core::sync::atomic::AtomicPtr<Page>,
+}
+
+/// Bits of a block's offset in a `RemoteSlot::list` (16-byte units of a segment).
+pub const REMOTE_OFFSET_BITS: u32 = SEGMENT_SHIFT - 4;
+const _: () = assert!(2 * REMOTE_OFFSET_BITS <= 40);
+
+/// The remote-free slot of the page `page` describes.
+#[inline(always)]
+pub fn remote_slot(page: *const Page) -> *mut RemoteSlot {
+    let seg = page as usize & !(SEGMENT_SIZE - 1);
+    (seg + REMOTE_OFFSET + page_index(page) * core::mem::size_of::<RemoteSlot>()) as *mut RemoteSlot
 }
 
 /// The index in its segment of the page `page` describes.

@@ -818,14 +818,8 @@ fn a_raw_free_from_another_thread_is_counted_on_the_freeing_heap() {
             "the blocks wait on the owner's remote stack"
         );
         assert_eq!((*obj_page).used, obj_used);
-        assert!(!(*(owner as *mut heap::Heap))
-            .remote
-            .load(core::sync::atomic::Ordering::Relaxed)
-            .is_null());
-        assert!(!(*gil_heap())
-            .remote
-            .load(core::sync::atomic::Ordering::Relaxed)
-            .is_null());
+        assert!(heap::has_remote(owner as *mut heap::Heap));
+        assert!(heap::has_remote(gil_heap()));
         raw_heap::with_heap(|h| heap::collect_remote(h)).unwrap();
         heap::collect_remote(gil_heap());
         assert_eq!((*page).used, used - on_page, "collected");
