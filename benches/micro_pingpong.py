@@ -11,7 +11,11 @@ a 10% difference between two medians of five rounds says little.
 ...) and ``PEER`` a configuration from ``configs.py`` (``mimalloc``, ``tcmalloc``, ``pymalloc``,
 ...), or ``rustmalloc-other``: another build of rustmalloc, installed the same way. Its wheel is
 unpacked into the directory ``$RUSTMALLOC_OTHER_BUILD``, which comes first on the path
-(``maturin build --release -o W && python -m zipfile -e W/*.whl DIR``). The method is the one of ``pyperformance_pingpong.py``. For each benchmark,
+(``maturin build --release -o W && python -m zipfile -e W/*.whl DIR``). To compare two builds,
+unpack both, set ``PYTHONPATH`` to one and ``RUSTMALLOC_OTHER_BUILD`` to the other, and run
+both directions: the installed build against the very same build unpacked timed 0.935-0.953 on
+``churn_obj_mix`` (session 32, ``results/micro_pingpong/README.md``), and whichever build is
+first on the path gains about 3% there. The method is the one of ``pyperformance_pingpong.py``. For each benchmark,
 ``--processes`` times: start one worker process for the peer and one for rustmalloc, both alive,
 the same build and ``python`` as ``run.py`` uses. Then ``--pairs`` times, ask each in turn for one
 run of the benchmark (``_bench.run`` at its full size, its own warm-up included), the order

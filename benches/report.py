@@ -23,17 +23,12 @@ KNOWN_CAUSES = {
         "11-13% more RSS on list-heavy programs, so it was not adopted (`docs/benchmark-log.md`, session 18's misses)"
     ),
     "cross_raw_mix": (
-        "instructions and cache lines. A block freed by another thread goes back to the heap that owns its "
-        "page, as in mimalloc; tcmalloc keeps it in the freeing thread's cache and never hands it back. Under "
-        "callgrind tcmalloc takes 66.7 instructions per call, rustmalloc 78.6 and mimalloc 81.5, and by "
-        "session 27's tests the rest is the blocks' cache lines moving twice where tcmalloc's move once. In "
-        "ping-pong rustmalloc took 1.19x tcmalloc's and 1.12x mimalloc's time on 2 threads, 1.11x and 1.07x on 4 "
-        "(`micro_pingpong/goals2-s30-amd.md`, `goals-s30-amd.md`; 1.03x mimalloc's on 2 in session 23). Keeping a "
-        "freed block in the freeing thread, as tcmalloc does, was "
-        "1.11x slower, and pushing blocks back 64 at a time 1.02x (`docs/benchmark-log.md`, sessions 22 and 27). "
-        "The gap to mimalloc grows with the batch (even at 250 blocks, 1.18x at 100,000): the owner collects its "
-        "whole remote stack at once; per-page lists spliced whole (branch `per-page-remote`) made these frees "
-        "1.11-1.13x faster but churn 7-9% slower, unexplained, and are not merged (session 31)"
+        "where the block goes back. A block freed by another thread goes back to the heap that owns its page, as "
+        "in mimalloc; tcmalloc keeps it in the freeing thread's cache and never hands it back. Since session 32 "
+        "each small page has its own remote-free list, spliced onto the page's free list whole by its owner; in "
+        "ping-pong rustmalloc then took 0.947x mimalloc's and 1.012x tcmalloc's time on 2 threads (even, p = 0.17), "
+        "0.890x and 0.920x on 4 (`micro_pingpong/cross-peers-s32-amd.md`). A full run's medians of a few rounds "
+        "swing more than that on this shared machine"
     ),
     "pairs_raw_mix": (
         "not placed. In ping-pong rustmalloc took 1.024x tcmalloc's time (8 of 8 pairs, "

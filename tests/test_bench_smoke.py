@@ -134,7 +134,7 @@ def test_each_missed_goal_gets_its_cause_or_what_to_do():
     assert "no cause recorded" in lines[6]
     assert "micro_pingpong.py batch_raw_mix_t1:mimalloc,batch_raw_mix_t2:mimalloc" in lines[4]
     assert lines[0].startswith("`ns/op realloc_mem_list`: copying.")
-    assert lines[1].startswith("`ns/op cross_raw_mix_t4`: instructions and cache lines.")
+    assert lines[1].startswith("`ns/op cross_raw_mix_t4`: where the block goes back.")
     assert "micro_pingpong.py batch_obj_512:PEER" in lines[2]
     assert lines[3].startswith("`workloads geomean vs pymalloc`: no cause recorded")
 
