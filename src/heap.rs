@@ -28,8 +28,8 @@
 use crate::purge::{self, Mode};
 use crate::segment::{
     self, extend_free_list, free_blocks, huge_alloc, huge_resize, init_small_page, page_of,
-    page_start, purge_page, segment_of, unpurge_page, Page, PageKind, SegmentHeader, SegmentKind,
-    SegmentLinks, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE,
+    page_start, purge_page, segment_of, unpurge_page, Page, PageKind, RemoteSlot, SegmentHeader,
+    SegmentKind, SegmentLinks, LARGE_MAX, PAGE_SHIFT, PAGE_SIZE, SEGMENT_SIZE,
 };
 use crate::size_class::{SizeClass, NUM_CLASSES, SMALL_MAX};
 use crate::stats::{Counters, DOMAINS, LARGE_SLOT};
@@ -124,11 +124,11 @@ pub struct Heap {
     pub purged_before_ms: u64,
     pub idle_frees_seen: u64,
     pub idle_active_ms: u64,
-    /// Blocks collected from `remote` (both stacks) (`collect_remote`): frees of this heap's blocks by others,
-    /// which count on the freeing heap, not here.
+    /// Blocks collected from `remote`'s two stacks (`collect_remote`): frees of this heap's
+    /// blocks by others, which count on the freeing heap, not here.
     pub remote_collected: u64,
-    /// Blocks of this heap freed by others: a stack linked through each block's first word.
-    /// Written by other threads (see `CacheLine`).
+    /// Where others leave the blocks of this heap they free (`RemoteHeads`). Written by other
+    /// threads (see `CacheLine`).
     pub remote: CacheLine<RemoteHeads>,
     /// For a RAW heap (`raw_heap`), the owning thread's thread pointer, 0 when no thread owns it
     /// (always 0 for the GIL heap). A thread stores only its own value here, on taking the heap,
@@ -933,23 +933,19 @@ pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
 /// `p` is a live block of `page`, a small page of `owner`, no longer used by the caller.
 #[inline(never)]
 pub unsafe fn push_remote_small(owner: *mut Heap, page: *mut Page, p: *mut u8) {
-    const MASK: u64 = (1 << segment::REMOTE_OFFSET_BITS) - 1;
     let slot = segment::remote_slot(page);
     let seg = p as usize & !(SEGMENT_SIZE - 1);
-    let off = ((p as usize - seg) >> 4) as u64;
+    let off = segment::remote_offset(p);
     let mut list = (*slot).list.load(Relaxed);
     loop {
-        let (first, len) = (list & MASK, list >> 40);
+        let (first, last, len) = RemoteSlot::unpack(list);
         let (link, last) = if len == 0 {
             (null_mut(), off)
         } else {
-            (
-                (seg + ((first as usize) << 4)) as *mut u8,
-                (list >> segment::REMOTE_OFFSET_BITS) & MASK,
-            )
+            (segment::remote_block(seg, first), last)
         };
         vg::write_link(p, link);
-        let new = off | last << segment::REMOTE_OFFSET_BITS | (len + 1) << 40;
+        let new = RemoteSlot::pack(off, last, len + 1);
         // Release: the link above is seen by the owner's swap. Acquire: when the list was empty,
         // the owner's last read of `next_page` (before its swap emptied the list) comes before
         // the write below.
@@ -1020,7 +1016,6 @@ pub unsafe fn collect_remote(h: *mut Heap) {
 /// # Safety
 /// The caller is `h`'s owner.
 unsafe fn collect_remote_pages(h: *mut Heap) {
-    const MASK: u64 = (1 << segment::REMOTE_OFFSET_BITS) - 1;
     let mut page = (*h).remote.0.pages.swap(null_mut(), Acquire);
     let mut taken = 0;
     while !page.is_null() {
@@ -1029,13 +1024,11 @@ unsafe fn collect_remote_pages(h: *mut Heap) {
         let next = (*slot).next_page.load(Relaxed);
         let list = (*slot).list.swap(0, AcqRel);
         let seg = page as usize & !(SEGMENT_SIZE - 1);
-        let len = (list >> 40) as u32;
+        let (first, last, len) = RemoteSlot::unpack(list);
+        let len = len as u32;
         debug_assert!(len > 0 && len <= (*page).used);
-        let first = (seg + (((list & MASK) as usize) << 4)) as *mut u8;
-        let last =
-            (seg + ((((list >> segment::REMOTE_OFFSET_BITS) & MASK) as usize) << 4)) as *mut u8;
-        vg::write_link(last, (*page).free);
-        (*page).free = first;
+        vg::write_link(segment::remote_block(seg, last), (*page).free);
+        (*page).free = segment::remote_block(seg, first);
         (*page).used -= len;
         // SAFETY: a small page's `counter` indexes the flattened `collected` array.
         (*h).counters

@@ -263,7 +263,41 @@ pub struct RemoteSlot {
 
 /// Bits of a block's offset in a `RemoteSlot::list` (16-byte units of a segment).
 pub const REMOTE_OFFSET_BITS: u32 = SEGMENT_SHIFT - 4;
-const _: () = assert!(2 * REMOTE_OFFSET_BITS <= 40);
+/// Where a `RemoteSlot::list`'s length starts, above its two offsets.
+const REMOTE_LEN_SHIFT: u32 = 40;
+const _: () = assert!(2 * REMOTE_OFFSET_BITS <= REMOTE_LEN_SHIFT);
+
+impl RemoteSlot {
+    /// The `list` word of a list from block offset `first` to `last` (`remote_offset`), `len`
+    /// blocks long.
+    #[inline(always)]
+    pub fn pack(first: u64, last: u64, len: u64) -> u64 {
+        first | last << REMOTE_OFFSET_BITS | len << REMOTE_LEN_SHIFT
+    }
+
+    /// A `list` word's first and last block offsets and its length (all 0 for the empty list).
+    #[inline(always)]
+    pub fn unpack(list: u64) -> (u64, u64, u64) {
+        const MASK: u64 = (1 << REMOTE_OFFSET_BITS) - 1;
+        (
+            list & MASK,
+            (list >> REMOTE_OFFSET_BITS) & MASK,
+            list >> REMOTE_LEN_SHIFT,
+        )
+    }
+}
+
+/// The offset of block `p` in its segment in 16-byte units, as a `RemoteSlot::list` holds it.
+#[inline(always)]
+pub fn remote_offset(p: *const u8) -> u64 {
+    ((p as usize & (SEGMENT_SIZE - 1)) >> 4) as u64
+}
+
+/// The block at offset `off` (`remote_offset`) of the segment at address `seg`.
+#[inline(always)]
+pub fn remote_block(seg: usize, off: u64) -> *mut u8 {
+    (seg + ((off as usize) << 4)) as *mut u8
+}
 
 /// The remote-free slot of the page `page` describes.
 #[inline(always)]
