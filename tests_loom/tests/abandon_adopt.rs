@@ -14,9 +14,10 @@
 //! - and `heap::push_remote` / `collect_remote` for blocks others free into the heap (as in
 //!   remote_free.rs).
 //!
-//! Every step is preceded by `World::point`, a relaxed RMW on an atomic that only serves as a
-//! scheduling point, so that loom's partial-order reduction does not skip interleavings (see
-//! remote_free.rs and tokio-rs/loom#392); `relaxed_abandon_is_caught` is the control.
+//! Every step is preceded by `Sched::point` (src/lib.rs), a relaxed RMW on an atomic that only
+//! serves as a scheduling point, so that loom's partial-order reduction does not skip
+//! interleavings (see remote_free.rs and tokio-rs/loom#392); `relaxed_abandon_is_caught` is the
+//! control.
 //!
 //! The heap's owner-only state (page queues, free lists, counters: everything but `remote`) is one
 //! loom `UnsafeCell`, so loom reports a data race if an adopter could touch it without seeing the
@@ -26,6 +27,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering, Ordering::*};
 use loom::sync::Arc;
 use loom::thread;
+use rustmalloc_loom::Sched;
 
 const OWNED: u8 = 0;
 const ABANDONED: u8 = 1;
@@ -53,7 +55,7 @@ struct World {
     /// How the state store in `thread_exit` is ordered (`Release` in the real code).
     exit_order: Ordering,
     /// Scheduling points only; carries no data.
-    sched: AtomicUsize,
+    sched: Sched,
 }
 
 impl World {
@@ -73,28 +75,24 @@ impl World {
             block_next: (0..NBLOCKS).map(|_| UnsafeCell::new(0)).collect(),
             block_payload: (0..NBLOCKS).map(|_| UnsafeCell::new(0)).collect(),
             exit_order,
-            sched: AtomicUsize::new(0),
+            sched: Sched::new(),
         }
     }
 
-    /// A scheduling point (see the module doc).
-    fn point(&self) {
-        self.sched.fetch_add(1, Relaxed);
-    }
 
     /// `raw_heap::create`.
     fn create(&self, state: u8) -> usize {
-        self.point();
+        self.sched.point();
         let h = self.mapped.fetch_add(1, Relaxed);
         assert!(h < MAX_HEAPS, "more heaps created than the model allows");
         let heap = &self.heaps[h];
         heap.state.store(state, Relaxed);
         heap.data.with_mut(|d| unsafe { *d = 0 });
-        self.point();
+        self.sched.point();
         let mut head = self.registry.load(Relaxed);
         loop {
             heap.next_in_registry.with_mut(|n| unsafe { *n = head });
-            self.point();
+            self.sched.point();
             match self.registry.compare_exchange_weak(head, h + 1, Release, Relaxed) {
                 Ok(_) => break,
                 Err(now) => head = now,
@@ -105,18 +103,18 @@ impl World {
 
     /// `raw_heap::acquire`.
     fn acquire(&self) -> usize {
-        self.point();
+        self.sched.point();
         let mut p = self.registry.load(Acquire);
         while p != 0 {
             let h = &self.heaps[p - 1];
-            self.point();
+            self.sched.point();
             if h.state.load(Relaxed) == ABANDONED && {
-                self.point();
+                self.sched.point();
                 h.state.compare_exchange(ABANDONED, OWNED, Acquire, Relaxed).is_ok()
             } {
                 return p - 1;
             }
-            self.point();
+            self.sched.point();
             p = h.next_in_registry.with(|n| unsafe { *n });
         }
         self.create(OWNED)
@@ -126,33 +124,33 @@ impl World {
     /// does, collects the remote stack first).
     fn call(&self, h: usize, collected: &mut Vec<usize>) {
         let heap = &self.heaps[h];
-        self.point();
+        self.sched.point();
         heap.busy.store(true, Relaxed);
         fence(Release);
         self.collect_remote(h, collected);
-        self.point();
+        self.sched.point();
         heap.data.with_mut(|d| unsafe { *d += 1 });
-        self.point();
+        self.sched.point();
         heap.busy.store(false, Release);
     }
 
     /// `raw_heap::thread_exit`.
     fn thread_exit(&self, h: usize, collected: &mut Vec<usize>) {
         self.collect_remote(h, collected);
-        self.point();
+        self.sched.point();
         self.heaps[h].state.store(ABANDONED, self.exit_order);
     }
 
     /// `heap::push_remote` of block `b` (a block of heap `h`).
     fn push_remote(&self, h: usize, b: usize) {
-        self.point();
+        self.sched.point();
         self.block_payload[b].with_mut(|v| unsafe { *v = 0xF00 + b as u64 });
         let remote = &self.heaps[h].remote;
-        self.point();
+        self.sched.point();
         let mut head = remote.load(Relaxed);
         loop {
             self.block_next[b].with_mut(|n| unsafe { *n = head });
-            self.point();
+            self.sched.point();
             match remote.compare_exchange_weak(head, b + 1, Release, Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
@@ -164,15 +162,15 @@ impl World {
     /// heap's owner-only state and the block).
     fn collect_remote(&self, h: usize, out: &mut Vec<usize>) {
         let heap = &self.heaps[h];
-        self.point();
+        self.sched.point();
         if heap.remote.load(Relaxed) == 0 {
             return;
         }
-        self.point();
+        self.sched.point();
         let mut p = heap.remote.swap(0, Acquire);
         while p != 0 {
             let b = p - 1;
-            self.point();
+            self.sched.point();
             let next = self.block_next[b].with(|n| unsafe { *n });
             assert_eq!(self.block_payload[b].with(|v| unsafe { *v }), 0xF00 + b as u64);
             heap.data.with_mut(|d| unsafe { *d += 0 });

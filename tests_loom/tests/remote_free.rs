@@ -13,63 +13,52 @@
 //!
 //! Loom's partial-order reduction can skip interleavings when a thread's own earlier access to an
 //! atomic hides another thread's access to it (tokio-rs/loom#392: a model with a relaxed load
-//! before a CAS ran one execution only). So every step of the model is preceded by `Heap::point`,
-//! a relaxed RMW on an extra atomic that only serves as a scheduling point: loom then branches
-//! at each step. The `relaxed_push_is_caught` control shows the racy interleavings are reached.
+//! before a CAS ran one execution only). So every step of the model is preceded by
+//! `Sched::point` (src/lib.rs), a relaxed RMW on an extra atomic that only serves as a scheduling
+//! point: loom then branches at each step. The `relaxed_push_is_caught` control shows the racy
+//! interleavings are reached.
 //!
 //! Checked: every pushed block is collected exactly once (none lost, none twice, no cycle), its
 //! contents as the freeing thread left them, with no data race; and the same model with the
 //! push's `Release` weakened to `Relaxed` is caught (so the model has teeth).
 
-use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicUsize, Ordering, Ordering::*};
 use loom::sync::Arc;
 use loom::thread;
+use rustmalloc_loom::{blocks, Block, Sched};
 
 const NBLOCKS: usize = 4;
 /// Loom's bound on preemptions per execution (exhaustive within it; bugs in protocols this
 /// small need one or two).
 const PREEMPTIONS: usize = 4;
 
-struct Block {
-    /// The block's first word: the link while it is on a stack.
-    next: UnsafeCell<usize>,
-    /// The rest of the block: what its last user wrote.
-    payload: UnsafeCell<u64>,
-}
 
 struct Heap {
     remote: AtomicUsize,
     blocks: Vec<Block>,
     /// Scheduling points only (see the module doc); carries no data.
-    sched: AtomicUsize,
+    sched: Sched,
 }
 
 impl Heap {
     fn new() -> Heap {
         Heap {
             remote: AtomicUsize::new(0),
-            blocks: (0..NBLOCKS)
-                .map(|_| Block { next: UnsafeCell::new(0), payload: UnsafeCell::new(0) })
-                .collect(),
-            sched: AtomicUsize::new(0),
+            blocks: blocks(NBLOCKS),
+            sched: Sched::new(),
         }
     }
 
-    /// A scheduling point (see the module doc).
-    fn point(&self) {
-        self.sched.fetch_add(1, Relaxed);
-    }
 
     /// `heap::push_remote`, with the success ordering of its CAS as a parameter.
     fn push_remote(&self, i: usize, success: Ordering) {
         let p = i + 1;
-        self.point();
+        self.sched.point();
         let mut head = self.remote.load(Relaxed);
         loop {
             // SAFETY (model): the caller holds the block; nobody else reads it until published.
             self.blocks[i].next.with_mut(|n| unsafe { *n = head });
-            self.point();
+            self.sched.point();
             match self.remote.compare_exchange_weak(head, p, success, Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
@@ -80,15 +69,15 @@ impl Heap {
     /// `heap::collect_remote`: returns the collected blocks in stack order. The owner checks each
     /// block holds what its freer wrote, then reuses it.
     fn collect_remote(&self, out: &mut Vec<usize>) {
-        self.point();
+        self.sched.point();
         if self.remote.load(Relaxed) == 0 {
             return;
         }
-        self.point();
+        self.sched.point();
         let mut b = self.remote.swap(0, Acquire);
         while b != 0 {
             let i = b - 1;
-            self.point();
+            self.sched.point();
             assert!(out.len() < 64, "cycle on the remote stack");
             let next = self.blocks[i].next.with(|n| unsafe { *n });
             let v = self.blocks[i].payload.with(|v| unsafe { *v });
@@ -107,7 +96,7 @@ fn freed_value(i: usize) -> u64 {
 /// A freeing thread: its last writes to each block, then the push.
 fn free_blocks(h: &Heap, blocks: &[usize], success: Ordering) {
     for &i in blocks {
-        h.point();
+        h.sched.point();
         h.blocks[i].payload.with_mut(|v| unsafe { *v = freed_value(i) });
         h.push_remote(i, success);
     }

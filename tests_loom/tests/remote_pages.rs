@@ -24,19 +24,15 @@
 //! may then push the page again, overwriting it, and the pages after it in the owner's walk are
 //! lost) and a `Relaxed` block push are each caught.
 
-use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering, Ordering::*};
 use loom::sync::Arc;
 use loom::thread;
+use rustmalloc_loom::{blocks, Block, Sched};
 
 const PAGES: usize = 2;
 const PER_PAGE: usize = 2;
 const NBLOCKS: usize = PAGES * PER_PAGE;
 
-struct Block {
-    next: UnsafeCell<usize>,
-    payload: UnsafeCell<u64>,
-}
 
 struct Slot {
     list: AtomicU64,
@@ -47,7 +43,7 @@ struct Heap {
     remote_pages: AtomicUsize,
     slots: Vec<Slot>,
     blocks: Vec<Block>,
-    sched: AtomicUsize,
+    sched: Sched,
 }
 
 #[derive(Clone, Copy)]
@@ -69,40 +65,35 @@ impl Heap {
             slots: (0..PAGES)
                 .map(|_| Slot { list: AtomicU64::new(0), next_page: AtomicUsize::new(0) })
                 .collect(),
-            blocks: (0..NBLOCKS)
-                .map(|_| Block { next: UnsafeCell::new(0), payload: UnsafeCell::new(0) })
-                .collect(),
-            sched: AtomicUsize::new(0),
+            blocks: blocks(NBLOCKS),
+            sched: Sched::new(),
         }
     }
 
-    fn point(&self) {
-        self.sched.fetch_add(1, Relaxed);
-    }
 
     /// `heap::push_remote_small` of block `i` (page `i / PER_PAGE`).
     fn push(&self, i: usize, v: Variant) {
         let page = i / PER_PAGE;
         let p = (i + 1) as u64;
         let slot = &self.slots[page];
-        self.point();
+        self.sched.point();
         let mut list = slot.list.load(Relaxed);
         loop {
             let (first, last, len) = (list & 0xFF, (list >> 8) & 0xFF, list >> 16);
             let (link, last) = if len == 0 { (0, p) } else { (first as usize, last) };
             self.blocks[i].next.with_mut(|n| unsafe { *n = link });
-            self.point();
+            self.sched.point();
             match slot.list.compare_exchange_weak(list, pack(p, last, len + 1), v.push_success, Relaxed) {
                 Ok(_) if len == 0 => break,
                 Ok(_) => return,
                 Err(now) => list = now,
             }
         }
-        self.point();
+        self.sched.point();
         let mut head = self.remote_pages.load(Relaxed);
         loop {
             slot.next_page.store(head, Relaxed);
-            self.point();
+            self.sched.point();
             match self.remote_pages.compare_exchange_weak(head, page + 1, Release, Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
@@ -112,23 +103,23 @@ impl Heap {
 
     /// `heap::collect_remote_pages`: appends each collected block as (page, block).
     fn collect(&self, out: &mut Vec<(usize, usize)>, v: Variant) {
-        self.point();
+        self.sched.point();
         if self.remote_pages.load(Relaxed) == 0 {
             return;
         }
-        self.point();
+        self.sched.point();
         let mut page = self.remote_pages.swap(0, Acquire);
         let mut pages_seen = 0;
         while page != 0 {
             pages_seen += 1;
             assert!(pages_seen <= 16, "cycle on the stack of pages");
             let slot = &self.slots[page - 1];
-            self.point();
+            self.sched.point();
             let mut next = if v.next_before_swap { slot.next_page.load(Relaxed) } else { 0 };
-            self.point();
+            self.sched.point();
             let list = slot.list.swap(0, AcqRel);
             if !v.next_before_swap {
-                self.point();
+                self.sched.point();
                 next = slot.next_page.load(Relaxed);
             }
             let (first, last, len) = ((list & 0xFF) as usize, ((list >> 8) & 0xFF) as usize, list >> 16);
@@ -160,7 +151,7 @@ impl Heap {
 
 fn free_blocks(h: &Heap, blocks: &[usize], v: Variant) {
     for &i in blocks {
-        h.point();
+        h.sched.point();
         h.blocks[i].payload.with_mut(|x| unsafe { *x = 0xF00 + i as u64 });
         h.push(i, v);
     }
