@@ -714,7 +714,7 @@ pub fn local_tag(h: *mut Heap, domain: usize) -> *mut Heap {
 const _: () = assert!(core::mem::align_of::<Heap>() >= 4 && DOMAINS <= 4);
 
 /// Free a block of ours, whatever its domain, counting it on `h`, the caller's heap: locally if
-/// `h` owns it, else onto its owner's remote stack. (The hooks use `free_in`, which knows the
+/// `h` owns it, else back to its owner as a remote free. (The hooks use `free_in`, which knows the
 /// domain as a constant.)
 ///
 /// # Safety
@@ -893,7 +893,7 @@ unsafe fn count_free(h: *mut Heap, page: *mut Page) {
 }
 
 /// Free `p`, a block of `page`, a small page of heap `owner`, from `h`, another heap: counted on
-/// `h`, pushed onto `owner`'s remote stack.
+/// `h`, pushed onto the page's remote-free list (`push_remote_small`).
 ///
 /// # Safety
 /// The caller is `h`'s owner; `owner != h`; `p` is a live block of `page`.
@@ -933,6 +933,20 @@ pub unsafe fn push_remote(owner: *mut Heap, p: *mut u8) {
 /// `p` is a live block of `page`, a small page of `owner`, no longer used by the caller.
 #[inline(never)]
 pub unsafe fn push_remote_small(owner: *mut Heap, page: *mut Page, p: *mut u8) {
+    if push_onto_page_list(page, p) {
+        push_page_onto_stack(owner, page);
+    }
+}
+
+/// The first half of `push_remote_small`: push `p` onto `page`'s remote-free list. True if the
+/// list was empty, and then the caller owes the page's push onto its owner's stack: until that
+/// push nobody collects the page (a fork in between strands it: see
+/// `relink_remote_pages_after_fork`).
+///
+/// # Safety
+/// As for `push_remote_small`.
+#[inline(always)]
+pub unsafe fn push_onto_page_list(page: *mut Page, p: *mut u8) -> bool {
     let slot = segment::remote_slot(page);
     let seg = p as usize & !(SEGMENT_SIZE - 1);
     let off = segment::remote_offset(p);
@@ -948,16 +962,25 @@ pub unsafe fn push_remote_small(owner: *mut Heap, page: *mut Page, p: *mut u8) {
         let new = RemoteSlot::pack(off, last, len + 1);
         // Release: the link above is seen by the owner's swap. Acquire: when the list was empty,
         // the owner's last read of `next_page` (before its swap emptied the list) comes before
-        // the write below.
+        // the caller's write of it in `push_page_onto_stack`.
         match (*slot)
             .list
             .compare_exchange_weak(list, new, AcqRel, Relaxed)
         {
-            Ok(_) if len == 0 => break,
-            Ok(_) => return,
+            Ok(_) => return len == 0,
             Err(now) => list = now,
         }
     }
+}
+
+/// The second half of `push_remote_small`: push `page`, whose remote-free list this thread
+/// just made non-empty, onto `owner`'s stack of pages with remote frees.
+///
+/// # Safety
+/// `page` is a small page of `owner`, and `push_onto_page_list` returned true for it.
+#[inline(always)]
+unsafe fn push_page_onto_stack(owner: *mut Heap, page: *mut Page) {
+    let slot = segment::remote_slot(page);
     let pages = &(*owner).remote.0.pages;
     let mut head = pages.load(Relaxed);
     loop {
@@ -1458,7 +1481,7 @@ pub unsafe fn idle_look(h: *mut Heap, now: u64) -> Option<u64> {
     }
     if now >= (*h).next_purge_ms {
         auto_pass(h, now);
-        // The pass collected the remote stack: blocks pushed since the look above are new.
+        // The pass collected the remote frees: blocks pushed since the look above are new.
         if moved(h) {
             (*h).idle_active_ms = now;
         }
@@ -1711,7 +1734,7 @@ unsafe fn check_list(
 /// path counts only their bytes (`Counters::local_bytes`), so the classes are derived here
 /// from what the pages hold. Every block `h` handed out from a page of (d, c) is still
 /// counted in a page's `used` (which keeps blocks others freed until they are collected), or
-/// came back: taken off the remote stack (`collected`) or freed by `h` itself. Pages go back to
+/// came back: collected as remote frees (`collected`) or freed by `h` itself. Pages go back to
 /// their segment only with `used == 0`, so `allocs - collected - Σ used` is exact at any time
 /// the owner is not mid-call. O(segments of `h`); the RAW entries are 0 (counted as freed).
 ///

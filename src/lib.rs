@@ -163,7 +163,7 @@ pub unsafe fn raw_realloc(p: *mut u8, size: usize) -> *mut u8 {
 }
 
 /// Free a block of ours through RAW, from any thread, with or without the GIL. A block of the
-/// GIL heap goes onto its remote stack: this thread may not hold the GIL.
+/// GIL heap goes onto its page's remote-free list: this thread may not hold the GIL.
 ///
 /// # Safety
 /// `p` is a live block of ours.
@@ -350,6 +350,58 @@ pub unsafe fn count_foreign(domain: usize, realloc: bool) {
 pub unsafe fn check_gil_heap() {
     heap::collect_remote(gil_heap());
     heap::check_invariants(gil_heap());
+}
+
+/// In the child of a fork, with the GIL held: rebuild the GIL heap's stack of pages with remote
+/// frees from the pages' lists, as `raw_heap`'s fork handler does for the RAW heaps. A thread of
+/// the parent freeing a GIL-heap block through `PyMem_RawFree` may have stopped between its two
+/// pushes (`heap::push_remote_small`); without this, the page's waiting blocks, and every block
+/// later freed onto that list, would never be collected in the child.
+///
+/// # Safety
+/// The caller holds the GIL and is the only thread (the child of a fork, before it starts any).
+pub unsafe fn gil_heap_after_fork_in_child() {
+    heap::relink_remote_pages_after_fork(gil_heap());
+}
+
+/// For tests of `gil_heap_after_fork_in_child`: allocate a `domain` block of `size` bytes from
+/// the GIL heap and free it as another thread's `PyMem_RawFree` would (counted, onto its page's
+/// remote-free list), but stop where a thread stopped by `fork()` would: with the page not
+/// pushed onto the heap's stack, so no collection finds it until a relink. Null if `size` is
+/// not a small request, or no memory.
+///
+/// # Safety
+/// The caller holds the GIL.
+pub unsafe fn strand_remote_free(domain: usize, size: usize) -> *mut u8 {
+    let h = gil_heap();
+    if size > size_class::SMALL_MAX {
+        return null_mut();
+    }
+    let p = heap::alloc(h, size, domain);
+    if p.is_null() {
+        return p;
+    }
+    let page = segment::page_of(p);
+    valgrind::free_like(p);
+    // SAFETY: `counter` indexes the flattened `frees` array of a small page (as in
+    // `heap::free_to_other_heap`).
+    (*h).counters.free_counter((*page).counter as usize).add(1);
+    // The page is not pushed onto the heap's stack even if the list was empty: the stranded
+    // state.
+    let _ = heap::push_onto_page_list(page, p);
+    p
+}
+
+/// Whether the small page holding our block `p` has remote frees not yet collected (tests).
+///
+/// # Safety
+/// `owns(p)`, and `p` is in a small page.
+pub unsafe fn remote_frees_pending(p: *const u8) -> bool {
+    let page = segment::page_of(p);
+    (*segment::remote_slot(page))
+        .list
+        .load(core::sync::atomic::Ordering::Acquire)
+        != 0
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_void};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx};
 use pyo3::prelude::*;
 
@@ -881,6 +881,48 @@ fn _check_heaps(_py: Python<'_>) {
     }
 }
 
+/// The at-fork hook of the child (`os.register_at_fork(after_in_child=...)`, run with the GIL
+/// held before the child starts any thread): see `crate::gil_heap_after_fork_in_child`.
+#[pyfunction]
+fn _after_fork_in_child(_py: Python<'_>) {
+    // SAFETY: the GIL is held, and at-fork hooks of the child run before it starts a thread.
+    unsafe { crate::gil_heap_after_fork_in_child() }
+}
+
+/// Allocate an OBJ block of `size` bytes and leave it freed the way a thread stopped by a fork
+/// mid-free leaves it (`crate::strand_remote_free`); its address (tests of the fork child).
+#[pyfunction]
+fn _strand_remote_free(_py: Python<'_>, size: usize) -> PyResult<usize> {
+    if size > crate::size_class::SMALL_MAX {
+        return Err(PyValueError::new_err(format!(
+            "_strand_remote_free: size must be at most {} bytes (a small block), not {size}",
+            crate::size_class::SMALL_MAX
+        )));
+    }
+    // SAFETY: the GIL is held.
+    let p = unsafe { crate::strand_remote_free(OBJ, size) };
+    if p.is_null() {
+        return Err(PyMemoryError::new_err("_strand_remote_free: no memory"));
+    }
+    Ok(p as usize)
+}
+
+/// Whether the page of our small block at `address` has remote frees not yet collected (tests).
+#[pyfunction]
+fn _remote_frees_pending(address: usize) -> PyResult<bool> {
+    let p = address as *const u8;
+    // SAFETY (the `kind` read): `owns(p)` makes the page metadata ours.
+    if !crate::owns(p)
+        || unsafe { (*crate::segment::page_of(p)).kind } != crate::segment::PageKind::Small
+    {
+        return Err(PyValueError::new_err(format!(
+            "_remote_frees_pending: {address:#x} is not in a small page of rustmalloc's"
+        )));
+    }
+    // SAFETY: checked above.
+    Ok(unsafe { crate::remote_frees_pending(p) })
+}
+
 #[pymodule]
 fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_install, m)?)?;
@@ -902,6 +944,9 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_owns, m)?)?;
     m.add_function(wrap_pyfunction!(_owns_block_start, m)?)?;
     m.add_function(wrap_pyfunction!(_check_heaps, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(_strand_remote_free, m)?)?;
+    m.add_function(wrap_pyfunction!(_remote_frees_pending, m)?)?;
     crate::bench::register(m)?;
     crate::stress::register(m)?;
     m.add("SMALL_MAX", crate::size_class::SMALL_MAX)?;

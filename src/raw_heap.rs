@@ -2,15 +2,16 @@
 //!
 //! `PyMem_RawMalloc` is called without the GIL from any thread, so each thread allocates from a
 //! `RawHeap` of its own with no lock and no atomic on the fast path; a block freed by another
-//! thread goes onto its owner's remote stack (`heap::push_remote`).
+//! thread goes back to its owner as a remote free (`heap::push_remote_small`: onto its page's
+//! remote-free list).
 //!
 //! Life of a heap:
 //! ```text
 //!   created (mmap) --> OWNED by a thread --thread exits--> ABANDONED --a new thread adopts--> OWNED
 //!                                  \--fork while mid-call (child only)--> POISONED (never reused)
 //! ```
-//! Heaps are never freed: an abandoned heap keeps its live blocks (others free them later onto its
-//! remote stack) and is adopted, whole, by the next thread that needs a heap. So the number of
+//! Heaps are never freed: an abandoned heap keeps its live blocks (others free them later as remote
+//! frees) and is adopted, whole, by the next thread that needs a heap. So the number of
 //! heaps is bounded by the most threads ever alive at once (plus one: a thread looking for a heap
 //! skips one that `trim()` or the idle purger holds for the moment), not by how many were ever
 //! started.
@@ -273,7 +274,7 @@ unsafe fn page_emptied(h: *mut RawHeap, page: *mut Page) {
 
 /// Free `p` if it is a block of a small page of another heap and the calling thread's heap is
 /// in the cache: the RAW cross-thread free path. As in `heap::free`, the free is counted on the
-/// caller's heap and `p` goes onto its owner's remote stack; this only skips `heap::free`'s tests
+/// caller's heap and `p` goes onto its page's remote-free list; this only skips `heap::free`'s tests
 /// for the caller's own pages, which a block of another heap fails (two cold calls: 108
 /// instructions per cross-thread free under callgrind, 75 without them). False, with nothing
 /// done, if `p` is not such a block; a declined free then pays this test on top of the general
@@ -480,10 +481,13 @@ extern "C" fn fork_child() {
                 (*h).busy.store(false, Relaxed);
                 (*h).state.store(s, Relaxed);
             }
-            // A heap no thread was changing (a poisoned one may be mid-change, a shared one is
-            // held by a thread that does not exist here): see `relink_remote_pages_after_fork`.
+            // A heap no thread was changing: see `relink_remote_pages_after_fork`. Not a
+            // poisoned one, which may be mid-change. The shared fallback heap is one: its lock
+            // was taken by `fork_prepare` and is held across the fork. (The GIL heap, not on
+            // the registry, is relinked by the Python layer's at-fork hook, which holds the
+            // GIL: `crate::gil_heap_after_fork_in_child`.)
             let st = (*h).state.load(Relaxed);
-            if h == mine || st == ABANDONED {
+            if h == mine || st == ABANDONED || st == SHARED {
                 heap::relink_remote_pages_after_fork(h as *mut Heap);
             }
             h = (*h).next_in_registry;

@@ -266,6 +266,8 @@ pub const REMOTE_OFFSET_BITS: u32 = SEGMENT_SHIFT - 4;
 /// Where a `RemoteSlot::list`'s length starts, above its two offsets.
 const REMOTE_LEN_SHIFT: u32 = 40;
 const _: () = assert!(2 * REMOTE_OFFSET_BITS <= REMOTE_LEN_SHIFT);
+// The length counts blocks of one page (at most one per 16 bytes), in the bits left above.
+const _: () = assert!((PAGE_SIZE / 16) as u64 <= u64::MAX >> REMOTE_LEN_SHIFT);
 
 impl RemoteSlot {
     /// The `list` word of a list from block offset `first` to `last` (`remote_offset`), `len`

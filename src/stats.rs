@@ -65,8 +65,8 @@ pub struct Counters {
     pub frees: [[Counter; SLOTS]; DOMAINS],
     /// Bytes of this heap's own MEM/OBJ blocks it freed into its pages (see the module doc).
     pub local_bytes: [Counter; DOMAINS],
-    /// Blocks of this heap's small pages that others freed and this heap took back off its
-    /// remote stack (`heap::collect_remote`), per (domain, class). Read only for MEM and OBJ
+    /// Blocks of this heap's small pages that others freed and this heap collected as
+    /// remote frees (`heap::collect_remote`), per (domain, class). Read only for MEM and OBJ
     /// (`heap::local_frees`); RAW heaps count them too, on that slow path, unread. Laid out as
     /// `frees` (its `LARGE_SLOT` unused), so a page's `counter` indexes both.
     pub collected: [[Counter; SLOTS]; DOMAINS],

@@ -829,6 +829,54 @@ fn a_raw_free_from_another_thread_is_counted_on_the_freeing_heap() {
     }
 }
 
+/// A fork can stop a freeing thread between its push onto a page's empty remote-free list and
+/// its push of the page onto the owner's stack: no collection then finds the page. The fork
+/// child's relink (`relink_remote_pages_after_fork`) rebuilds the stack from the pages' lists,
+/// keeping the pages that were on it, and leaves out the pages whose lists are empty.
+#[test]
+fn relink_after_fork_finds_pages_a_stopped_free_left_off_the_stack() {
+    use crate::segment::{page_of, remote_slot, RemoteSlot};
+    use core::sync::atomic::Ordering::Relaxed;
+    let waiting = |page| unsafe { RemoteSlot::unpack((*remote_slot(page)).list.load(Relaxed)).2 };
+    let _g = serial();
+    let h = private_heap();
+    unsafe {
+        // Three classes, three pages: one stranded, one pushed whole, one with no remote free.
+        let (a, b, c) = (
+            heap::alloc(h, 48, 1),
+            heap::alloc(h, 96, 1),
+            heap::alloc(h, 160, 1),
+        );
+        let (a2, c2) = (heap::alloc(h, 48, 1), heap::alloc(h, 160, 1));
+        let (pa, pb, pc) = (page_of(a), page_of(b), page_of(c));
+        assert!(pa != pb && pb != pc && pa == page_of(a2) && pc == page_of(c2));
+        assert!(heap::push_onto_page_list(pa, a), "a's page list was empty");
+        heap::push_remote_small(h, pb, b);
+        heap::collect_remote(h);
+        assert!(
+            waiting(pa) == 1 && (*pa).used == 2,
+            "the stranded block is not collected: nothing has its page"
+        );
+        assert_eq!((*pb).used, 0, "the page pushed whole is collected");
+        let b2 = heap::alloc(h, 96, 1);
+        let pb2 = page_of(b2);
+        heap::push_remote_small(h, pb2, b2); // on the stack before the "fork"
+        heap::relink_remote_pages_after_fork(h);
+        heap::collect_remote(h);
+        heap::check_invariants(h);
+        assert_eq!((waiting(pa), waiting(pb2)), (0, 0));
+        assert_eq!(((*pa).used, (*pb2).used, (*pc).used), (1, 0, 2));
+        assert!(
+            !heap::has_remote(h),
+            "the relinked stack held the two pages, and no other"
+        );
+        for p in [a2, c, c2] {
+            heap::free(h, p);
+        }
+        heap::check_invariants(h);
+    }
+}
+
 /// Blocks another heap freed reach their pages only when the owner collects its remote stack:
 /// blocks of two pages interleaved, a full page that gets blocks back (it rejoins its queue) and
 /// a page left partly used all come out with the right counts and free lists, and the blocks

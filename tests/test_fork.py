@@ -126,3 +126,43 @@ check(len(results) == FORKS)
 check(python_churn() > 0)
 print("ok", results)
 """, timeout=150)
+
+
+def test_fork_child_collects_a_free_its_parent_left_halfway():
+    """A thread freeing a MEM/OBJ block through PyMem_RawFree pushes it onto its page's list, then
+    the page onto the heap's stack; a fork between the two leaves the page on no stack in the child,
+    where nothing would collect it. The child's at-fork hook relinks the heap's pages. The parent,
+    which has no such hook run, shows that without it the block stays uncollected."""
+    run_python("""
+import os
+import rustmalloc
+rustmalloc.install()
+from rustmalloc._rustmalloc import _strand_remote_free, _remote_frees_pending, _check_heaps
+p = _strand_remote_free(200)        # the stranded state, as a fork mid-free leaves it
+_check_heaps()                      # collects the heap's remote frees, and checks its invariants
+check(_remote_frees_pending(p), "nothing finds a page left off the stack")
+pid = os.fork()
+if pid == 0:
+    try:
+        _check_heaps()
+        os._exit(0 if not _remote_frees_pending(p) else 3)
+    except BaseException:
+        os._exit(4)
+_, status = os.waitpid(pid, 0)
+check(os.waitstatus_to_exitcode(status) == 0, "child: %r (3: not collected)" % status)
+check(_remote_frees_pending(p))
+for bad, error in ((1 << 20, ValueError), (-1, OverflowError)):
+    try:
+        _strand_remote_free(bad)
+    except error:
+        pass
+    else:
+        check(False, "no %s for %r" % (error.__name__, bad))
+try:
+    _remote_frees_pending(id(None))  # a static of libpython's
+except ValueError as exc:
+    check("not in a small page" in str(exc), str(exc))
+else:
+    check(False, "no ValueError for an address not ours")
+print("ok")
+""")

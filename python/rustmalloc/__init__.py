@@ -193,9 +193,26 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: int)
         if tracing:
             _tracemalloc.start(limit)
     if not forward_only:
+        _register_fork_hook()
         from . import _idle
 
         _idle.start()
+
+
+_fork_hook_registered = False
+
+
+def _register_fork_hook() -> None:
+    """Once: the child of ``os.fork()`` relinks the MEM/OBJ heap's pages with remote frees (a
+    thread of the parent may have stopped halfway through freeing one of its blocks), with the
+    GIL held and before it starts any thread (``_ext._after_fork_in_child``). The RAW heaps are
+    relinked by the allocator's own ``pthread_atfork`` handler."""
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        import os
+
+        os.register_at_fork(after_in_child=_ext._after_fork_in_child)
+        _fork_hook_registered = True
 
 
 def _environ() -> "dict":
