@@ -26,6 +26,14 @@ half of the processes (do they agree?). A configuration twice
 (``--configs pymalloc,pymalloc``) measures the method: its ratio should be 1. The configurations
 are ``pyperformance_ab.py``'s, the preloaded peers (jemalloc, tcmalloc, mimalloc) among them where
 installed (``--configs pymalloc,mimalloc``).
+
+Two builds (``--configs rustmalloc,rustmalloc-other``): unpack both wheels, run with
+``PYTHONPATH=A RUSTMALLOC_OTHER_BUILD=B``, then again with A and B swapped, and read the two ratios
+together (the geometric mean of one and the inverse of the other). One direction alone can
+mislead: in session 33 a build without the allocation path's prefetch took 1.028x main's time
+on xml_etree_iterparse one way round and 1.092x (main over it: 0.916) the other, runs ten minutes
+apart (``benches/results/pyperformance/pingpong/``).
+
 Writes a Markdown table to ``--out`` (default: print only). ``--script`` times the benchmarks of
 another pyperf script (run the same way, in pyperformance's venv) instead of pyperformance's own.
 
