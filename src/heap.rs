@@ -621,7 +621,7 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
         return null_mut();
     }
     let mut p = huge_alloc(size, domain as u8);
-    if p.is_null() && release_before_failing(h) {
+    if p.is_null() && crate::os::could_ever_map(size) && release_before_failing(h) {
         p = huge_alloc(size, domain as u8);
     }
     if !p.is_null() {
@@ -1180,7 +1180,11 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             if size > LARGE_MAX {
                 let d = (*seg).huge_domain as usize;
                 let record = vg::detach(p, old_size);
-                let q = huge_resize(seg, size);
+                let mut q = huge_resize(seg, size);
+                // As `alloc_huge`: memory held for reuse may be what the OS refused us for.
+                if q.is_null() && crate::os::could_ever_map(size) && release_before_failing(h) {
+                    q = huge_resize(seg, size);
+                }
                 vg::attach(record, q, size);
                 if !q.is_null() {
                     count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
@@ -1191,7 +1195,11 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
             old_size = (*page).block_size as usize;
             if size > SMALL_MAX && size <= LARGE_MAX {
                 let capacity = (*page).span as usize * PAGE_SIZE;
-                let fits = size <= capacity && size * 2 >= old_size;
+                // Against the span, not the block's last size: shrinks of less than half each
+                // (a list shrinks to about 0.56x) would otherwise keep the whole span however
+                // small the block became, out of reach of purge and `trim()`. In place the span
+                // is at most twice the block.
+                let fits = size <= capacity && size * 2 >= capacity;
                 let grown = !fits && size > capacity && (*seg).owner == h && {
                     let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
                     let purged = (*seg).purged_pages;

@@ -74,14 +74,52 @@ pub fn map_aligned(size: usize, align: usize, hint: usize) -> *mut u8 {
     start as *mut u8
 }
 
+/// Whether a mapping of `size` bytes could ever be granted to this process, however much it
+/// gave back first: not if it is past the address space (47 bits on x86_64 and aarch64 Linux),
+/// past `RLIMIT_AS`, or, with no such limit, past RAM and swap together (which the kernel's
+/// default overcommit heuristic refuses in one mapping). A refused request that fails this is
+/// not worth trimming every heap for (`heap::release_before_failing`): a program that probes
+/// sizes under `try: ... except MemoryError` would give back, and fault in again, all it holds
+/// at each try.
+pub fn could_ever_map(size: usize) -> bool {
+    if size >= 1 << 47 {
+        return false;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls writing into valid structs of ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_AS, &mut limit) == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            return (size as u64) <= limit.rlim_cur;
+        }
+        let mut info: libc::sysinfo = core::mem::zeroed();
+        if libc::sysinfo(&mut info) != 0 {
+            return true;
+        }
+        let total = (info.totalram as u64)
+            .saturating_add(info.totalswap as u64)
+            .saturating_mul(info.mem_unit.max(1) as u64);
+        (size as u64) <= total
+    }
+}
+
 fn map(size: usize, hint: usize) -> *mut u8 {
+    // Not MAP_NORESERVE: under Linux's default overcommit heuristic that flag skips the check
+    // that refuses a single mapping larger than RAM and swap together, so a request that can
+    // never be backed (`bytes(256 << 30)` on a 24 GiB machine) was granted and the process
+    // killed later when it touched the memory, where glibc (and pymalloc) return NULL and Python
+    // raises MemoryError. Without it the kernel refuses such a request, as it does glibc's.
     // SAFETY: an anonymous private mapping with a hint (not MAP_FIXED) cannot clobber anything.
     let p = unsafe {
         libc::mmap(
             hint as *mut libc::c_void,
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )

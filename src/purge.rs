@@ -99,7 +99,10 @@ pub fn longest_delay() -> u64 {
 /// The delay a heap whose adapted delay is `current` works with now: within the configured
 /// delay and `longest_delay()` (0, before a heap's first pass, reads as the configured delay).
 pub fn delay_in_force(current: u64) -> u64 {
-    current.clamp(PURGE_DELAY_MS.load(Relaxed), longest_delay())
+    // The setting read once: `configure` may change it at any moment (RAW heaps purge without
+    // the GIL), and with two reads the bounds could cross, which `clamp` panics on.
+    let base = PURGE_DELAY_MS.load(Relaxed);
+    current.clamp(base, base.saturating_mul(MAX_DELAY_FACTOR))
 }
 
 /// The sooner of two "look again in so many ms" answers (`None`: no need to look again).

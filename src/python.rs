@@ -297,10 +297,12 @@ macro_rules! checking {
             if p.is_null() {
                 return $malloc(_ctx, size);
             }
+            // The GIL test first: a foreign MEM/OBJ block (pymalloc's) handed on without the
+            // GIL corrupts pymalloc just as well.
+            let raw = $domain == RAW || ($gil && gil_missing($names[2]));
             if !owns_block_start(p as *const u8) {
                 return forward_realloc($domain, p, size);
             }
-            let raw = $domain == RAW || ($gil && gil_missing($names[2]));
             let call = crate::check::Call {
                 function: $names[2],
             };
@@ -319,10 +321,11 @@ macro_rules! checking {
             if p.is_null() {
                 return;
             }
+            // As in the realloc hook: the GIL test first.
+            let raw = $domain == RAW || ($gil && gil_missing($names[3]));
             if !owns_block_start(p as *const u8) {
                 return forward_free($domain, p);
             }
-            let raw = $domain == RAW || ($gil && gil_missing($names[3]));
             let call = crate::check::Call {
                 function: $names[3],
             };
@@ -599,6 +602,10 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
         // PyMem_SetAllocator copies the struct.
         unsafe {
             (*PREVIOUS.0.get())[d] = current(d);
+            // Seen by any thread before our hook is (no reordering on weakly ordered CPUs; a
+            // RAW hook may run on another thread at once). The reading side is not fenced:
+            // that would cost every foreign free.
+            core::sync::atomic::fence(SeqCst);
             let strict = STRICT_OWNERSHIP.load(Relaxed);
             let mut mine = hooks(d, forward_only, check != crate::check::OFF, strict);
             ffi::PyMem_SetAllocator(ffi_domain(d), &mut mine);

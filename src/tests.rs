@@ -310,6 +310,77 @@ fn zero_sizes_and_absurd_sizes() {
     }
 }
 
+/// A request no release could make fit (past the address space, or past RAM and swap with no
+/// `RLIMIT_AS`) fails without trimming every heap (`TRIM_EPOCH` asks them all): a program
+/// probing sizes under `except MemoryError` would otherwise give back and fault in again all it
+/// holds at each try. A request that could fit is still worth the release.
+#[test]
+fn an_impossible_request_fails_without_trimming_every_heap() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let _g = serial();
+    let h = private_heap();
+    let ram_and_swap = unsafe {
+        let mut info: libc::sysinfo = core::mem::zeroed();
+        assert_eq!(libc::sysinfo(&mut info), 0);
+        (info.totalram as usize + info.totalswap as usize) * info.mem_unit as usize
+    };
+    let no_as_limit = unsafe {
+        let mut limit: libc::rlimit = core::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_AS, &mut limit) == 0 && limit.rlim_cur == libc::RLIM_INFINITY
+    };
+    // The kernel refuses more than RAM and swap in one mapping only under its default heuristic.
+    let heuristic =
+        std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|m| m.trim() == "0");
+    assert!(os::could_ever_map(64 << 20));
+    assert!(!os::could_ever_map(1 << 47) && !os::could_ever_map(usize::MAX / 2));
+    if no_as_limit {
+        assert!(!os::could_ever_map(ram_and_swap + (1 << 30)));
+    }
+    let epoch = purge::TRIM_EPOCH.load(Relaxed);
+    let mut sizes = vec![1usize << 50, 1 << 60];
+    if no_as_limit && heuristic {
+        sizes.push(ram_and_swap.saturating_mul(4));
+    }
+    for size in sizes {
+        assert!(
+            unsafe { heap::alloc(h, size, 1) }.is_null(),
+            "{size} bytes granted"
+        );
+    }
+    assert_eq!(
+        purge::TRIM_EPOCH.load(Relaxed),
+        epoch,
+        "a heap trimmed them all"
+    );
+}
+
+/// A large block shrunk step by step, each step by less than half (a list shrinks to about
+/// 0.56x of its allocation), keeps at most twice its size in pages: it used to keep its whole
+/// span down to any size in place, pages neither purge nor `trim()` could reach.
+#[test]
+fn a_large_block_shrunk_in_steps_keeps_at_most_twice_its_size() {
+    use crate::segment::{page_of, PageKind, PAGE_SIZE};
+    let _g = serial();
+    let h = private_heap();
+    unsafe {
+        let mut size = LARGE_MAX;
+        let mut p = heap::alloc(h, size, 1);
+        fill(p, 4096, 7);
+        while size > SMALL_MAX + 1 {
+            size = (size * 9 / 16).max(SMALL_MAX + 1);
+            p = heap::realloc(h, p, size, 1);
+            assert!(!p.is_null());
+            check(p, 4096, 7);
+            let page = page_of(p);
+            assert_eq!((*page).kind, PageKind::Large);
+            let span = (*page).span as usize * PAGE_SIZE;
+            assert!(span <= 2 * size, "{size} bytes in a span of {span}");
+        }
+        heap::free(h, p);
+        heap::check_invariants(h);
+    }
+}
+
 #[test]
 fn realloc_across_every_kind_keeps_contents() {
     let _g = serial();
@@ -669,6 +740,39 @@ impl Drop for PurgeSettings {
         let (enabled, delay_ms, retain_bytes) = self.0;
         purge::configure(enabled, delay_ms, retain_bytes);
     }
+}
+
+/// `configure` may change the purge delay while a RAW heap works out its delay in force (without
+/// the GIL): the bounds it clamps to must never cross, whatever the setting reads meanwhile
+/// (they crossed when the delay was read twice and dropped more than 16-fold in between; the
+/// panic made a RAW allocation return NULL).
+#[test]
+fn the_delay_in_force_is_sound_while_the_setting_changes() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let _g = serial();
+    let saved = PurgeSettings::set(true, 250, 4 << 20);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let toggler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Relaxed) {
+                purge::PURGE_DELAY_MS.store(if i % 2 == 0 { 0 } else { 250 }, Relaxed);
+                i += 1;
+            }
+        })
+    };
+    let (mut seen, mut calls, start) = ([false; 2], 0u64, std::time::Instant::now());
+    while (calls < 2_000_000 || !(seen[0] && seen[1])) && start.elapsed().as_secs() < 20 {
+        let d = purge::delay_in_force(4000);
+        assert!(d == 0 || d == 4000, "{d}: within one reading's bounds");
+        seen[(d == 0) as usize] = true;
+        calls += 1;
+    }
+    stop.store(true, Relaxed);
+    toggler.join().unwrap();
+    drop(saved);
+    assert!(seen[0] && seen[1], "both settings were read: {seen:?}");
 }
 
 /// A full page that gets a block back joins the back of its queue: allocation goes on through

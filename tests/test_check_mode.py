@@ -145,3 +145,23 @@ def test_mem_without_the_gil_is_reported():
     assert "rustmalloc: PyMem_Malloc called by a thread that does not hold the GIL" in proc.stderr
     assert "Stack (most recent call first)" in proc.stderr and "in <module>" in proc.stderr, proc.stderr
     assert "served" in proc.stdout
+
+
+def test_a_foreign_block_freed_without_the_gil_is_reported():
+    """A MEM block pymalloc served before install() and freed without the GIL is handed on to
+    pymalloc, which it corrupts as surely as ours: reported before it is handed on."""
+    proc = run_python(
+        """
+        import rustmalloc
+        mem = DOMAINS["mem"]
+        p = mem.malloc(100)                  # pymalloc's (with the GIL: ctypes.pythonapi)
+        rustmalloc.install(check="warn")
+        check(not rustmalloc._rustmalloc.owns(p))
+        nogil = ctypes.CDLL(None)
+        f = nogil.PyMem_Free; f.argtypes = [c_void_p]; f.restype = None
+        f(p)
+        print("handed on")
+        """
+    )
+    assert "rustmalloc: PyMem_Free called by a thread that does not hold the GIL" in proc.stderr, proc.stderr
+    assert "handed on" in proc.stdout

@@ -149,3 +149,73 @@ check(p is not None, "RAW malloc(2 GiB) still fails after the cap was lifted")
 RAW_NOGIL.free(p)
 print("ok")
 """, timeout=120, expect_empty_stderr=True)
+
+
+def _overcommit_mode():
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("install", [False, True], ids=["pymalloc", "rustmalloc"])
+def test_a_request_larger_than_ram_and_swap_raises_memory_error(install):
+    """With no RLIMIT_AS, under Linux's default overcommit heuristic (mode 0), the kernel refuses a
+    single mapping larger than RAM and swap together; glibc then returns NULL and Python raises
+    MemoryError. rustmalloc must too, instead of being granted memory that can never be backed
+    (the process is killed when it touches it). ``bytes(n)`` comes from calloc, which touches
+    nothing of a fresh mapping, so even a wrongly granted request costs nothing here; every domain
+    is also asked through ctypes."""
+    if _overcommit_mode() != 0:
+        pytest.skip("needs vm.overcommit_memory = 0 (the kernel's default heuristic)")
+    run_python(r"""
+import rustmalloc
+if INSTALL:
+    rustmalloc.install()
+kib = {}
+with open("/proc/meminfo") as f:
+    for line in f:
+        name, value = line.split(":")
+        kib[name] = int(value.split()[0])
+n = 2 * (kib["MemTotal"] + kib.get("SwapTotal", 0)) * 1024
+try:
+    x = bytes(n)
+except MemoryError:
+    pass
+else:
+    check(False, "bytes(%d) (twice RAM and swap) was granted" % n)
+for name, D in list(DOMAINS.items()) + [("raw-nogil", RAW_NOGIL)]:
+    check(D.malloc(n) is None, "%s malloc(%d) was granted" % (name, n))
+    check(D.calloc(1, n) is None, "%s calloc(1, %d) was granted" % (name, n))
+check(python_churn() > 0)
+print("ok")
+""".replace("INSTALL", repr(install)))
+
+
+def test_a_huge_realloc_gives_back_held_memory_before_failing():
+    """Under RLIMIT_AS, with freed memory still held for reuse, growing a huge block by realloc
+    succeeds where a fresh malloc of the new size would: the realloc, like malloc, gives the held
+    memory back to the OS and tries again before it returns NULL."""
+    run_python(r"""
+import resource
+import rustmalloc
+rustmalloc.install()
+rustmalloc.configure(purge_delay_ms=10**6, idle_purge=False)   # freed memory stays held
+mem = DOMAINS["mem"]
+blocks = [mem.malloc(1 << 20) for _ in range(300)]            # large blocks, in our segments
+check(all(blocks))
+for b in blocks:
+    mem.free(b)
+with open("/proc/self/status") as f:
+    vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (150 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+p = mem.malloc(8 << 20)
+check(p is not None)
+write(p, pattern(3, 4096))
+q = mem.realloc(p, 200 << 20)
+check(q is not None, "realloc to 200 MiB returned NULL with 300 MiB held for reuse")
+check(read(q, 4096) == pattern(3, 4096), "the grown block lost its contents")
+mem.free(q)
+print("ok")
+""")
