@@ -762,8 +762,13 @@ fn the_delay_in_force_is_sound_while_the_setting_changes() {
             }
         })
     };
+    // Under valgrind threads take turns in fixed quanta, and the toggler may end each turn on
+    // the same value: there the race is not certain to show, and the calls are fewer.
+    let on_valgrind = crate::valgrind::running();
+    let enough = if on_valgrind { 200_000 } else { 2_000_000 };
     let (mut seen, mut calls, start) = ([false; 2], 0u64, std::time::Instant::now());
-    while (calls < 2_000_000 || !(seen[0] && seen[1])) && start.elapsed().as_secs() < 20 {
+    while (calls < enough || !(on_valgrind || seen[0] && seen[1])) && start.elapsed().as_secs() < 20
+    {
         let d = purge::delay_in_force(4000);
         assert!(d == 0 || d == 4000, "{d}: within one reading's bounds");
         seen[(d == 0) as usize] = true;
@@ -772,7 +777,10 @@ fn the_delay_in_force_is_sound_while_the_setting_changes() {
     stop.store(true, Relaxed);
     toggler.join().unwrap();
     drop(saved);
-    assert!(seen[0] && seen[1], "both settings were read: {seen:?}");
+    assert!(
+        on_valgrind || seen[0] && seen[1],
+        "both settings were read: {seen:?}"
+    );
 }
 
 /// A full page that gets a block back joins the back of its queue: allocation goes on through
