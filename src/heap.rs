@@ -673,9 +673,13 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
         return null_mut();
     }
     if (*h).unmapped_bytes != 0 {
-        // Mapped soon after a pass unmapped segments: taking its pages takes that memory back.
+        // Mapped soon after a pass unmapped segments: taking its pages takes that memory back,
+        // as much of it as was resident (`unmapped_bytes`): beyond that it is growth. Pages are
+        // marked from both ends, where small pages (top) and large spans (bottom) are taken.
         if refault_window(purge::now_ms(), (*h).unmapped_ms) {
-            (*seg).purged_pages = (*seg).free_pages;
+            let resident = (*h).unmapped_bytes.min(SEGMENT_SIZE as u64) as usize;
+            (*seg).purged_pages =
+                pages_from_both_ends((*seg).free_pages, resident.div_ceil(PAGE_SIZE));
             (*segment::touch_times(seg)).page = [(*h).unmapped_ms; segment::PAGES_PER_SEGMENT];
         }
         (*h).unmapped_bytes = (*h).unmapped_bytes.saturating_sub(SEGMENT_SIZE as u64);
@@ -685,6 +689,24 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
     let page = take_pages_from(h, seg, count, kind);
     debug_assert!(!page.is_null());
     page
+}
+
+/// `n` of the pages in the mask `pages`, taken from its highest and lowest ends in turn.
+fn pages_from_both_ends(pages: u64, n: usize) -> u64 {
+    let (mut rest, mut marked) = (pages, 0u64);
+    for i in 0..n {
+        if rest == 0 {
+            break;
+        }
+        let bit = if i % 2 == 0 {
+            1u64 << (63 - rest.leading_zeros())
+        } else {
+            rest & rest.wrapping_neg()
+        };
+        marked |= bit;
+        rest &= !bit;
+    }
+    marked
 }
 
 /// `segment::take_pages` from `seg`, counting the purged pages it takes as refaults.

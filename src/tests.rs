@@ -1354,24 +1354,26 @@ fn refaults_are_counted_after_automatic_passes_and_not_after_trims() {
 
         // A segment mapped soon after an automatic pass unmapped one: its pages count as they
         // are taken (the first segment has room for one 2 MiB span: the second maps one).
+        // Only as much as the unmapped segments had resident counts: with two pages' worth,
+        // one page of the bottom span (the other marked page is the top one).
         let span_pages = (segment::LARGE_MAX / segment::PAGE_SIZE) as u64;
-        for (unmapped_ms, counts) in [(purge::now_ms(), true), (1, false)] {
-            (*h).unmapped_bytes = segment::SEGMENT_SIZE as u64;
+        let page = segment::PAGE_SIZE as u64;
+        for (unmapped_ms, unmapped, want_pages) in [
+            (purge::now_ms(), segment::SEGMENT_SIZE as u64, span_pages),
+            (purge::now_ms(), 2 * page, 1),
+            (1, segment::SEGMENT_SIZE as u64, 0),
+        ] {
+            (*h).unmapped_bytes = unmapped;
             (*h).unmapped_ms = unmapped_ms;
             let before = (*h).recent_refaulted;
             let spans: Vec<*mut u8> = (0..2)
                 .map(|_| heap::alloc(h, segment::LARGE_MAX, 1))
                 .collect();
             assert!(segment::segment_of(spans[1]) != segment::segment_of(spans[0]));
-            let want = if counts {
-                span_pages * segment::PAGE_SIZE as u64
-            } else {
-                0
-            };
             assert_eq!(
                 (*h).recent_refaulted - before,
-                want,
-                "unmapped at {unmapped_ms}"
+                want_pages * page,
+                "{unmapped} bytes unmapped at {unmapped_ms}"
             );
             assert_eq!((*h).unmapped_bytes, 0);
             heap::check_invariants(h);
