@@ -621,7 +621,7 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
         return null_mut();
     }
     let mut p = huge_alloc(size, domain as u8);
-    if p.is_null() && crate::os::could_ever_map(size) && release_before_failing(h) {
+    if p.is_null() && release_before_failing(h, size) {
         p = huge_alloc(size, domain as u8);
     }
     if !p.is_null() {
@@ -630,16 +630,20 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
     p
 }
 
-/// The OS refused a mapping (out of memory, or `RLIMIT_AS`): before failing, give back what can
-/// be given — this heap's empty segments and free pages, and what `crate::release_elsewhere`
-/// reaches — and say whether anything was, so the caller retries once. Empty segments stay
-/// mapped between purge passes, so after a large structure is freed in one heap, another heap
-/// may find the address space taken by them.
+/// The OS refused a mapping of `size` bytes (out of memory, or `RLIMIT_AS`): before failing,
+/// give back what can be given — this heap's empty segments and free pages, and what
+/// `crate::release_elsewhere` reaches — and say whether anything was, so the caller retries
+/// once. Empty segments stay mapped between purge passes, so after a large structure is freed
+/// in one heap, another heap may find the address space taken by them. Nothing is given back
+/// for a request no release could make fit (`os::could_ever_map`).
 ///
 /// # Safety
 /// The caller is `h`'s owner, at a point where `h` is consistent (no page half set up).
 #[cold]
-unsafe fn release_before_failing(h: *mut Heap) -> bool {
+unsafe fn release_before_failing(h: *mut Heap, size: usize) -> bool {
+    if !crate::os::could_ever_map(size) {
+        return false;
+    }
     let here = purge(h, Mode::Trim);
     here + crate::release_elsewhere(h) > 0
 }
@@ -666,7 +670,7 @@ unsafe fn take_pages(h: *mut Heap, count: usize, kind: PageKind) -> *mut Page {
         seg = (*seg).with_free.next;
     }
     let mut seg = segment::new_segment(h);
-    if seg.is_null() && release_before_failing(h) {
+    if seg.is_null() && release_before_failing(h, SEGMENT_SIZE) {
         seg = segment::new_segment(h);
     }
     if seg.is_null() {
@@ -1204,7 +1208,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 let record = vg::detach(p, old_size);
                 let mut q = huge_resize(seg, size);
                 // As `alloc_huge`: memory held for reuse may be what the OS refused us for.
-                if q.is_null() && crate::os::could_ever_map(size) && release_before_failing(h) {
+                if q.is_null() && release_before_failing(h, size) {
                     q = huge_resize(seg, size);
                 }
                 vg::attach(record, q, size);
