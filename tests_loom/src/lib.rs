@@ -2,6 +2,8 @@
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use loom::sync::Arc;
+use loom::thread;
 
 /// A block of a model: `next`, its first word, is the link while it is on a list; `payload`,
 /// the rest, is what its last user wrote. Both are loom cells, so loom reports a data race where
@@ -37,4 +39,33 @@ impl Sched {
     pub fn point(&self) {
         self.0.fetch_add(1, Relaxed);
     }
+}
+
+/// The remote-free models' execution: two threads `free` the blocks of `per_thread` (each its
+/// own list) into the heap `h` while its owner `collect`s twice; after both are done the owner
+/// collects the rest. Every block must come back exactly once.
+pub fn two_freers_while_owner_collects<H: 'static>(
+    h: Arc<H>,
+    per_thread: [&'static [usize]; 2],
+    free: impl Fn(&H, &[usize]) + Copy + 'static,
+    mut collect: impl FnMut(&H, &mut Vec<usize>),
+) {
+    let threads: Vec<_> = per_thread
+        .iter()
+        .map(|&blocks| {
+            let h = h.clone();
+            thread::spawn(move || free(&h, blocks))
+        })
+        .collect();
+    let mut got = Vec::new();
+    collect(&h, &mut got);
+    collect(&h, &mut got);
+    for t in threads {
+        t.join().unwrap();
+    }
+    collect(&h, &mut got);
+    got.sort_unstable();
+    let mut want: Vec<usize> = per_thread.iter().flat_map(|b| b.iter().copied()).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "blocks lost or collected twice");
 }

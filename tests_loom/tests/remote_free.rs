@@ -25,7 +25,7 @@
 use loom::sync::atomic::{AtomicUsize, Ordering, Ordering::*};
 use loom::sync::Arc;
 use loom::thread;
-use rustmalloc_loom::{blocks, Block, Sched};
+use rustmalloc_loom::{blocks, two_freers_while_owner_collects, Block, Sched};
 
 const NBLOCKS: usize = 4;
 /// Loom's bound on preemptions per execution (exhaustive within it; bugs in protocols this
@@ -108,25 +108,12 @@ fn model(success: Ordering, per_thread: [&'static [usize]; 2]) {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(PREEMPTIONS);
     b.check(move || {
-        let h = Arc::new(Heap::new());
-        let threads: Vec<_> = per_thread
-            .iter()
-            .map(|&blocks| {
-                let h = h.clone();
-                thread::spawn(move || free_blocks(&h, blocks, success))
-            })
-            .collect();
-        let mut got = Vec::new();
-        h.collect_remote(&mut got);
-        h.collect_remote(&mut got);
-        for t in threads {
-            t.join().unwrap();
-        }
-        h.collect_remote(&mut got);
-        got.sort_unstable();
-        let mut want: Vec<usize> = per_thread.iter().flat_map(|b| b.iter().copied()).collect();
-        want.sort_unstable();
-        assert_eq!(got, want, "blocks lost or collected twice");
+        two_freers_while_owner_collects(
+            Arc::new(Heap::new()),
+            per_thread,
+            move |h: &Heap, blocks: &[usize]| free_blocks(h, blocks, success),
+            |h: &Heap, got: &mut Vec<usize>| h.collect_remote(got),
+        );
     });
 }
 
