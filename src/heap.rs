@@ -625,9 +625,28 @@ unsafe fn alloc_huge(h: *mut Heap, size: usize, domain: usize) -> *mut u8 {
         p = huge_alloc(size, domain as u8);
     }
     if !p.is_null() {
+        (*segment_of(p)).huge_heap = h;
         count_large_alloc(h, domain, segment::huge_rounded(size));
     }
     p
+}
+
+/// For the peaks (`stats::Counters::held`): `h` has just counted a free (or a resize) of huge
+/// block `seg`, `size` bytes as `from`, the block's heap, counted it. If `from` is another heap,
+/// it is told (`huge_taken`) and `h` counts the bytes as given, so the block leaves `from`'s
+/// peak figure. `h` becomes the block's heap (after a resize its new size is counted on `h`).
+///
+/// # Safety
+/// The caller is `h`'s user and the block's; `seg` is its live huge segment.
+unsafe fn take_huge_over(h: *mut Heap, seg: *mut SegmentHeader, from: *mut Heap, size: usize) {
+    if from != h {
+        let d = (*seg).huge_domain as usize;
+        (*h).counters.given_bytes[d].add(size as u64);
+        if !from.is_null() {
+            (*from).counters.huge_taken[d].fetch_add(size as u64, Relaxed);
+        }
+        (*seg).huge_heap = h;
+    }
 }
 
 /// The OS refused a mapping of `size` bytes (out of memory, or `RLIMIT_AS`): before failing,
@@ -891,6 +910,7 @@ unsafe fn free_slower(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p:
     crate::no_unwind((), || {
         if (*seg).kind == SegmentKind::Huge {
             count_large_free(h, (*seg).huge_domain as usize, (*seg).huge_size);
+            take_huge_over(h, seg, (*seg).huge_heap, (*seg).huge_size);
             segment::release_segment(seg);
             return;
         }
@@ -898,7 +918,12 @@ unsafe fn free_slower(h: *mut Heap, seg: *mut SegmentHeader, page: *mut Page, p:
         let owner = (*seg).owner;
         if owner == h {
             free_local_uncounted(h, page, p);
-        } else if (*page).kind == PageKind::Small {
+            return;
+        }
+        // Another heap's block: out of this heap's peak figure (`Counters::held`), as it will
+        // leave the owner's when the owner collects it.
+        (*h).counters.given_bytes[(*page).domain as usize].add((*page).block_size as u64);
+        if (*page).kind == PageKind::Small {
             push_remote_small(owner, page, p);
         } else {
             push_remote(owner, p);
@@ -932,6 +957,8 @@ pub unsafe fn free_to_other_heap(h: *mut Heap, owner: *mut Heap, page: *mut Page
     // while the owner changes the page's other fields is no race. It is read before the push:
     // after it, the owner may collect the block and release and reuse the page.
     (*h).counters.free_counter((*page).counter as usize).add(1);
+    // For the peaks, as in `free_slower`.
+    (*h).counters.given_bytes[(*page).domain as usize].add((*page).block_size as u64);
     push_remote_small(owner, page, p);
 }
 
@@ -1052,6 +1079,8 @@ pub unsafe fn collect_remote(h: *mut Heap) {
                 .add(1);
             push_free(h, page, b);
         } else {
+            // Others' frees of this heap's large blocks leave its peak figure here.
+            (*h).counters.taken_large_bytes[(*page).domain as usize].add((*page).block_size as u64);
             release_pages(h, page);
         }
         taken += 1;
@@ -1204,7 +1233,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
         } else if (*seg).kind == SegmentKind::Huge {
             old_size = (*seg).huge_size;
             if size > LARGE_MAX {
-                let d = (*seg).huge_domain as usize;
+                let (d, from) = ((*seg).huge_domain as usize, (*seg).huge_heap);
                 let record = vg::detach(p, old_size);
                 let mut q = huge_resize(seg, size);
                 // As `alloc_huge`: memory held for reuse may be what the OS refused us for.
@@ -1214,6 +1243,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 vg::attach(record, q, size);
                 if !q.is_null() {
                     count_large_resize(h, d, old_size, (*segment_of(q)).huge_size);
+                    take_huge_over(h, segment_of(q), from, old_size);
                 }
                 return q;
             }
@@ -1225,7 +1255,9 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 // (a list shrinks to about 0.56x) would otherwise keep the whole span however
                 // small the block became, out of reach of purge and `trim()`. In place the span
                 // is at most twice the block.
-                let fits = size <= capacity && size * 2 >= capacity;
+                // Only by the span's owner: the block's counts (and so its place in the peaks)
+                // are the owner's; another heap's realloc moves it.
+                let fits = size <= capacity && size * 2 >= capacity && (*seg).owner == h;
                 let grown = !fits && size > capacity && (*seg).owner == h && {
                     let extra = (size - capacity + PAGE_SIZE - 1) >> PAGE_SHIFT;
                     let purged = (*seg).purged_pages;

@@ -275,11 +275,19 @@ pub(crate) unsafe fn release_elsewhere(h: *mut Heap) -> usize {
     }
 }
 
-/// Restart every peak (per domain and overall) from the current live figures.
+/// Restart the per-domain peaks (what `stats()` reports) from the current figures.
 pub fn reset_peak() {
     // SAFETY: as in `summary`.
     unsafe { (*gil_heap()).counters.reset_peak() };
     raw_heap::for_each_counters(|c| c.reset_peak());
+}
+
+/// Restart the all-domains peak (what `track()` follows) from the current figures, leaving the
+/// per-domain peaks alone.
+pub fn reset_peak_all() {
+    // SAFETY: as in `summary`.
+    unsafe { (*gil_heap()).counters.reset_peak_all() };
+    raw_heap::for_each_counters(|c| c.reset_peak_all());
 }
 
 /// What we hold from the OS.

@@ -724,10 +724,16 @@ fn _track_totals(_py: Python<'_>) -> (u64, u64, u64, u64, u64, u64) {
     t
 }
 
-/// Restart the peaks from the current figures.
+/// Restart the per-domain peaks (`stats()`'s) from the current figures.
 #[pyfunction]
 fn _reset_peak() {
     crate::reset_peak();
+}
+
+/// Restart the all-domains peak (`track()`'s) from the current figures.
+#[pyfunction]
+fn _reset_track_peak() {
+    crate::reset_peak_all();
 }
 
 /// Give back to the OS all that can be now; returns the bytes given back.
@@ -943,6 +949,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(_track_totals, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(_reset_track_peak, m)?)?;
     m.add_function(wrap_pyfunction!(_trim, m)?)?;
     m.add_function(wrap_pyfunction!(_configure, m)?)?;
     m.add_function(wrap_pyfunction!(_purge_settings, m)?)?;

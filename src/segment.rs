@@ -119,6 +119,10 @@ pub struct SegmentHeader {
     /// For a huge segment: bytes mapped, and the block's current size (16-byte rounded).
     pub mapped: usize,
     pub huge_size: usize,
+    /// For a huge segment: the heap whose counters hold the block's allocation (the heap that
+    /// allocated it, or last resized it), for the peaks (`stats::Counters::held`). Set by the
+    /// caller of `huge_alloc`; written only by the block's user, like the block.
+    pub huge_heap: *mut crate::heap::Heap,
 }
 
 /// One page's descriptor. Invariant of a small page:
@@ -403,6 +407,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             purged_pages: 0,
             mapped: SEGMENT_SIZE,
             huge_size: 0,
+            huge_heap: null_mut(),
         });
         for i in 0..PAGES_PER_SEGMENT {
             let page = page_at(seg, i);
@@ -828,6 +833,7 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             purged_pages: 0,
             mapped,
             huge_size: huge_rounded(size),
+            huge_heap: null_mut(),
         });
         // `page_of(block)` is this slot: zeroed, so its `local` never matches a heap.
         core::ptr::write_bytes(page_at(seg, 0), 0, 1);

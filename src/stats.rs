@@ -76,7 +76,8 @@ pub struct Counters {
     /// Frees and reallocs of pointers we do not own, handed to the previous allocator.
     pub foreign_frees: [Counter; DOMAINS],
     pub foreign_reallocs: [Counter; DOMAINS],
-    /// calloc and realloc calls (of our blocks or new ones), per calling domain.
+    /// calloc calls, and realloc calls on a block of ours (`realloc(NULL, n)` counts as a
+    /// malloc), per calling domain.
     pub callocs: [Counter; DOMAINS],
     pub reallocs: [Counter; DOMAINS],
     /// Highest live bytes of this heap's counters per domain, and in all, as last sampled since
@@ -88,6 +89,15 @@ pub struct Counters {
     /// Pages and carved blocks per (domain, class), kept on slow paths by the owning heap.
     pub pages: [[Counter; NUM_CLASSES]; DOMAINS],
     pub carved: [[Counter; NUM_CLASSES]; DOMAINS],
+    /// For the peaks (`held`): bytes of other heaps' blocks this heap freed (counted in `frees`
+    /// and `large_bytes_freed` too), and bytes of this heap's own large blocks others freed, as
+    /// it collected them (its small ones are in `collected`).
+    pub given_bytes: [Counter; DOMAINS],
+    pub taken_large_bytes: [Counter; DOMAINS],
+    /// Bytes of huge blocks this heap allocated (or last resized) that other heaps freed or
+    /// resized (`SegmentHeader::huge_heap`). The one counter others write, atomically: a huge
+    /// block is freed at once by whoever frees it, with an munmap beside which the add is free.
+    pub huge_taken: [AtomicU64; DOMAINS],
 }
 
 /// The counter at flat index `domain * SLOTS + slot` of a per-(domain, slot) table (a small
@@ -120,6 +130,9 @@ impl Counters {
             unsampled: Counter::new(),
             pages: [const { [const { Counter::new() }; NUM_CLASSES] }; DOMAINS],
             carved: [const { [const { Counter::new() }; NUM_CLASSES] }; DOMAINS],
+            given_bytes: [const { Counter::new() }; DOMAINS],
+            taken_large_bytes: [const { Counter::new() }; DOMAINS],
+            huge_taken: [const { AtomicU64::new(0) }; DOMAINS],
         }
     }
 
@@ -170,7 +183,26 @@ impl Counters {
         live
     }
 
-    /// Raise the peaks to the live figures, with the cost spread out: the fast paths keep no
+    /// Bytes of this heap's own blocks in `domain` that are still live as far as it knows: its
+    /// `live` figure with its frees of other heaps' blocks taken out, and less its blocks others
+    /// freed, once it has collected them (`collected`, `taken_large_bytes`) or, for huge blocks,
+    /// at once (`huge_taken`). What the peaks follow. `live` alone would not do: a heap whose
+    /// blocks another thread frees (a thread's state, allocated by the thread that starts it and
+    /// freed by the thread itself) sees its allocations and never those frees, so its peak would
+    /// climb by every byte ever handed over, however little is live.
+    pub fn held(&self, domain: usize) -> u64 {
+        let mut taken = self.taken_large_bytes[domain]
+            .get()
+            .wrapping_add(self.huge_taken[domain].load(Relaxed));
+        for (n, &size) in self.collected[domain].iter().zip(BLOCK_SIZES.iter()) {
+            taken = taken.wrapping_add(n.get().wrapping_mul(size as u64));
+        }
+        self.live(domain)
+            .wrapping_add(self.given_bytes[domain].get())
+            .wrapping_sub(taken)
+    }
+
+    /// Raise the peaks to the held figures (`held`), with the cost spread out: the fast paths keep no
     /// live figure (a running total and a peak check would cost them a third of their time),
     /// so the slow paths call this with the bytes they just made available, and it samples
     /// once `SAMPLE_EVERY` bytes have been; readers sample too. A peak therefore misses at most
@@ -190,10 +222,10 @@ impl Counters {
         self.unsampled.set(0);
         let mut all = 0u64;
         for d in 0..DOMAINS {
-            let live = self.live(d);
-            all = all.wrapping_add(live);
-            if live as i64 > self.peak[d].get() as i64 {
-                self.peak[d].set(live);
+            let held = self.held(d);
+            all = all.wrapping_add(held);
+            if held as i64 > self.peak[d].get() as i64 {
+                self.peak[d].set(held);
             }
         }
         if all as i64 > self.peak_all.get() as i64 {
@@ -201,16 +233,20 @@ impl Counters {
         }
     }
 
-    /// Restart the peaks from the current live figures. Called from another thread than the
-    /// heap's user, this races benignly with it: a peak may be raised by a concurrent
-    /// allocation just before or after the reset (see the README on RAW peaks).
+    /// Restart the domains' peaks (`peak`, what `stats()` reports) from the current held
+    /// figures: the user's `reset_peak()`. Called from another thread than the heap's user, this
+    /// races benignly with it: a peak may be raised by a concurrent allocation just before or
+    /// after the reset (see the README on RAW peaks).
     pub fn reset_peak(&self) {
-        let mut all = 0u64;
         for d in 0..DOMAINS {
-            let live = self.live(d);
-            all = all.wrapping_add(live);
-            self.peak[d].set(live);
+            self.peak[d].set(self.held(d));
         }
+    }
+
+    /// Restart the all-domains peak (`peak_all`, what `track()` follows) likewise. Apart from
+    /// `reset_peak`, so entering a `track()` block leaves the peaks `stats()` reports alone.
+    pub fn reset_peak_all(&self) {
+        let all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(self.held(d)));
         self.peak_all.set(all);
     }
 }
@@ -223,8 +259,10 @@ pub const SAMPLE_EVERY: u64 = 256 * 1024;
 pub struct DomainTotals {
     pub blocks_in_use: u64,
     pub bytes_in_use: u64,
-    /// Sum over heaps of each heap's peak of its own live bytes: exact when one heap does a
-    /// domain's allocating and freeing (MEM and OBJ: the GIL heap), an upper bound otherwise.
+    /// Sum over heaps of each heap's peak of its held bytes (`Counters::held`): exact when one
+    /// heap does a domain's allocating and freeing (MEM and OBJ: the GIL heap), an upper bound
+    /// otherwise (heaps peak at different times; a block another heap freed counts until its
+    /// owner collects it).
     pub peak_bytes_in_use: u64,
     /// Blocks handed out (by malloc, calloc, or a realloc that moved) and freed, in all.
     pub allocs: u64,
@@ -318,16 +356,17 @@ impl Summary {
             acc(&mut self.foreign_reallocs[d], &c.foreign_reallocs[d]);
             acc(&mut self.callocs[d], &c.callocs[d]);
             acc(&mut self.reallocs[d], &c.reallocs[d]);
-            // A reader samples too: peaks never lag the live figures it reports.
-            let (live, peak) = (c.live(d), c.peak[d].get());
-            self.peak[d] = self.peak[d].wrapping_add((live as i64).max(peak as i64) as u64);
+            // A reader samples too: peaks never lag the figures it reports.
+            let (held, peak) = (c.held(d), c.peak[d].get());
+            self.peak[d] = self.peak[d].wrapping_add((held as i64).max(peak as i64) as u64);
         }
         let live_all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(c.live(d)));
+        let held_all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(c.held(d)));
         let peak_all = c.peak_all.get();
         self.live_all = self.live_all.wrapping_add(live_all);
         self.peak_all = self
             .peak_all
-            .wrapping_add((live_all as i64).max(peak_all as i64) as u64);
+            .wrapping_add((held_all as i64).max(peak_all as i64) as u64);
     }
 
     /// Add a heap's local MEM/OBJ frees per class (`heap::local_frees`) to the frees.

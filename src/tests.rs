@@ -1474,3 +1474,43 @@ fn gil_frees_are_counted_per_class_whatever_path_they_take() {
     }
     unsafe { check_gil_heap() };
 }
+
+#[test]
+fn peaks_follow_blocks_other_threads_free() {
+    // One block live at a time, each allocated here and freed by another thread: the allocating
+    // heap's peak must not climb by every byte handed over (it did, by the 40 MB that went
+    // through, before `Counters::held`).
+    let _g = serial();
+    let (to_freer, handed) = std::sync::mpsc::channel::<usize>();
+    let (freed, wait) = std::sync::mpsc::channel::<()>();
+    let freer = std::thread::spawn(move || {
+        for p in handed {
+            unsafe { raw_free(p as *mut u8) };
+            freed.send(()).unwrap();
+        }
+    });
+    reset_peak();
+    let before = domain_totals();
+    for i in 0..20_000 {
+        let p = match i % 3 {
+            0 => raw_malloc(1000),
+            1 => unsafe { gil_malloc(MEM, 1000) }, // freed through the RAW domain
+            _ => raw_malloc(40_000),               // a large block
+        };
+        to_freer.send(p as usize).unwrap();
+        wait.recv().unwrap();
+    }
+    for _ in 0..5 {
+        let p = raw_malloc(8 << 20); // huge: its own mapping, freed at once
+        to_freer.send(p as usize).unwrap();
+        wait.recv().unwrap();
+    }
+    drop(to_freer);
+    freer.join().unwrap();
+    let after = domain_totals();
+    for d in [RAW, MEM] {
+        let rise = after[d].peak_bytes_in_use - before[d].bytes_in_use;
+        assert!(rise < 9 << 20, "domain {d}: peak rose by {rise}");
+    }
+    assert!(after[RAW].peak_bytes_in_use - before[RAW].bytes_in_use >= 8 << 20);
+}

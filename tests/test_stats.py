@@ -162,6 +162,95 @@ def test_peak_and_reset_peak():
     )
 
 
+def test_peaks_stay_bounded_when_another_thread_frees():
+    # One block live at a time, allocated by one thread and freed by another (a thread's state
+    # is: its starter allocates it, the thread frees it as it exits). The allocating heap's peak
+    # must not climb by every byte ever handed over: it counted 20 MB here, and `limit_memory`
+    # failed tests that kept nothing alive.
+    run_python(
+        """
+        import queue, threading
+        import rustmalloc
+        rustmalloc.install()
+        R, M = RAW_NOGIL, DOMAINS["mem"]
+        handed, done = queue.Queue(), queue.Queue()
+
+        def freer():
+            while (p := handed.get()) is not None:
+                R.free(p)
+                done.put(1)
+
+        t = threading.Thread(target=freer)
+        t.start()
+        rustmalloc.reset_peak()
+        before = rustmalloc.stats().domains
+        with rustmalloc.track() as tr:
+            for _ in range(20_000):
+                handed.put(R.malloc(1000))    # RAW, freed by the other thread
+                done.get()
+                handed.put(M.malloc(1000))    # MEM, freed by the other thread through RawFree
+                done.get()
+        handed.put(None)
+        t.join()
+        for _ in range(3000):                 # threads started and joined
+            th = threading.Thread(target=int)
+            th.start()
+            th.join()
+        after = rustmalloc.stats().domains
+        for d in ("raw", "mem"):
+            rise = after[d].peak_bytes_in_use - before[d].bytes_in_use
+            check(rise < 1 << 20, (d, rise, after[d]))
+            check(after[d].bytes_in_use - before[d].bytes_in_use < 64 << 10, (d, after[d]))
+        check(tr.peak_bytes < 2 << 20, tr)
+        """
+    )
+
+
+def test_huge_blocks_freed_by_another_thread_leave_the_peak():
+    run_python(
+        """
+        import threading
+        import rustmalloc
+        rustmalloc.install()
+        R = RAW_NOGIL
+        rustmalloc.reset_peak()
+        base = rustmalloc.stats().domains["raw"].bytes_in_use
+        for _ in range(40):
+            p = R.malloc(8 << 20)             # a huge block: its own mapping
+            q = R.malloc(6 << 20)
+            def elsewhere():
+                R.free(p)
+                R.free(R.realloc(q, 7 << 20)) # resized there, then freed
+            t = threading.Thread(target=elsewhere)
+            t.start()
+            t.join()
+        rise = rustmalloc.stats().domains["raw"].peak_bytes_in_use - base
+        check(14 << 20 <= rise < 16 << 20, rise)
+        """
+    )
+
+
+def test_track_leaves_the_stats_peak_alone():
+    run_python(
+        """
+        import rustmalloc
+        rustmalloc.install()
+        big = bytearray(50_000_000)
+        del big
+        before = rustmalloc.stats().domains["obj"].peak_bytes_in_use
+        check(before >= 50_000_000, before)
+        with rustmalloc.track() as t:
+            small = bytearray(1_000_000)
+            del small
+        check(1_000_000 <= t.peak_bytes < 2_000_000, t)
+        after = rustmalloc.stats().domains["obj"].peak_bytes_in_use
+        check(after >= 50_000_000, ("entering track() reset the peak stats() reports", after))
+        rustmalloc.reset_peak()                # the user's reset still resets it
+        check(rustmalloc.stats().domains["obj"].peak_bytes_in_use < 50_000_000)
+        """
+    )
+
+
 def test_track_measures_and_nests():
     run_python(
         """
@@ -317,3 +406,30 @@ def test_format_stats_report():
     lines = [line for line in out.splitlines() if "|" in line and ("#" in line or "." in line)]
     assert len(lines) >= 5, out  # one line per size class with a bar
     assert any("," in line for line in out.splitlines()), "thousands separators"
+
+
+def test_bad_input_to_the_report_and_track_says_what_to_do():
+    run_python(
+        """
+        import rustmalloc
+        rustmalloc.install()
+        for bad, kind in ((-3, ValueError), ("30", TypeError), (2.5, TypeError), (True, TypeError)):
+            try:
+                rustmalloc.format_stats(width=bad)
+            except kind as e:
+                check("bar length" in str(e), e)
+            else:
+                raise AssertionError("format_stats(width=%r) was accepted" % (bad,))
+        check("|" in rustmalloc.format_stats(width=0))
+        t = rustmalloc.track()
+        try:
+            t.__exit__(None, None, None)
+        except RuntimeError as e:
+            check("not active" in str(e), e)
+        else:
+            raise AssertionError("__exit__ of a track() never entered was accepted")
+        with t:                                  # still usable afterwards
+            x = bytes(10_000)
+        check(t.allocated_bytes >= 10_000, t)
+        """
+    )

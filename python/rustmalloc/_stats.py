@@ -32,12 +32,14 @@ class DomainStats:
 
     blocks_in_use: int
     bytes_in_use: int
-    #: Highest ``bytes_in_use`` since start or ``reset_peak()``; exact for MEM and OBJ, an
-    #: upper bound for RAW when several threads allocate (see the README).
+    #: Highest ``bytes_in_use`` since start or ``reset_peak()`` (``track()`` leaves it alone);
+    #: exact for MEM and OBJ, an upper bound for RAW when several threads allocate, and a block
+    #: another thread freed counts until its heap collects that free (see the README).
     peak_bytes_in_use: int
     #: Blocks handed out (malloc, calloc, or a realloc that moved the block) and freed.
     allocs: int
     callocs: int
+    #: realloc calls on a block (``realloc(NULL, n)`` is counted as the malloc it is).
     reallocs: int
     frees: int
     #: Frees and reallocs of pointers rustmalloc does not own (allocated before install()),
@@ -169,9 +171,8 @@ def _fold_peak() -> None:
 
 def reset_peak() -> None:
     """Restart every peak (``peak_bytes_in_use`` of each domain) from the current figures.
-    Active ``track()`` blocks keep the peaks they have seen."""
+    ``track()`` blocks keep their own peaks, which this leaves alone."""
     _require_installed()
-    _fold_peak()
     _ext._reset_peak()
 
 
@@ -198,8 +199,9 @@ class track:
         _require_installed()
         if self in _active:
             raise RuntimeError("this track() is already active: use a new track() to nest")
+        # track()'s own peak (all domains): the peaks stats() reports are left alone.
         _fold_peak()
-        _ext._reset_peak()
+        _ext._reset_track_peak()
         totals = _ext._track_totals()
         self._start, self._end = totals, None
         self._base_live = self._max_live = totals[4]
@@ -207,6 +209,9 @@ class track:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self not in _active:
+            raise RuntimeError("this track() is not active: __exit__ ends a block that "
+                               "`with rustmalloc.track():` entered")
         _fold_peak()
         _active.remove(self)
         self._end = _ext._track_totals()
@@ -287,6 +292,10 @@ def format_bytes(n: float) -> str:
 def format_stats(snapshot: Optional[Snapshot] = None, width: int = 30) -> str:
     """A human-readable report: totals, domains, OS memory, and a line per size class with a
     bar of blocks in use (``#``) and free (``.``)."""
+    if isinstance(width, bool) or not isinstance(width, int):
+        raise TypeError(f"format_stats(width=...) takes an int, the bar length in characters; got {width!r}")
+    if width < 0:
+        raise ValueError(f"format_stats(width=...) is the bar length in characters, 0 or more; got {width}")
     s = snapshot if snapshot is not None else stats()
     out = []
     out.append(f"rustmalloc statistics (domains installed: {', '.join(s.installed)})")
