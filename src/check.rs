@@ -58,6 +58,14 @@ static Q_HEAD: AtomicUsize = AtomicUsize::new(0);
 static Q_BYTES: AtomicUsize = AtomicUsize::new(0);
 static Q_LOCK: AtomicBool = AtomicBool::new(false);
 
+/// The last huge blocks freed (their pointers, oldest overwritten first): once a huge block's
+/// mapping is gone its pointer is no longer ours, and a second free of it would otherwise be
+/// handed to the allocator before us as a foreign pointer (`freed_huge_lately`).
+const RECENT_HUGE_LEN: usize = 64;
+static RECENT_HUGE: [AtomicUsize; RECENT_HUGE_LEN] =
+    [const { AtomicUsize::new(0) }; RECENT_HUGE_LEN];
+static RECENT_HUGE_NEXT: AtomicUsize = AtomicUsize::new(0);
+
 /// Set by the Python layer at install: a function that writes the calling thread's Python stack
 /// to stderr without allocating or running Python code (CPython's faulthandler writer), or 0.
 /// A report of a bug found in the call that made it (a double free, a write past the end, MEM
@@ -181,6 +189,22 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
         );
         return None;
     }
+    if n == 0 && body_is_zero(p, bs - 8) {
+        // A live block of 0 bytes holds its canary; this one reads as zeros, as a freed block
+        // whose OS page a purge gave back does.
+        report(
+            format_args!(
+                "double free of block {:p} (size class {} bytes, {} domain) by {}: it was freed \
+                 before and its memory given back to the OS",
+                p,
+                bs,
+                domain_name(domain),
+                call.function
+            ),
+            Stack::Here,
+        );
+        return None;
+    }
     if n as usize > bs - EXTRA {
         report(
             format_args!(
@@ -219,6 +243,54 @@ unsafe fn verify_live(p: *mut u8, call: &Call) -> Option<usize> {
     Some(n)
 }
 
+/// Whether the `len` bytes at `p`, a block of ours, are all zero.
+///
+/// # Safety
+/// `p` is a block of ours of at least `len` bytes.
+unsafe fn body_is_zero(p: *mut u8, len: usize) -> bool {
+    vg::defined(p, len);
+    let zero = core::slice::from_raw_parts(p, len).iter().all(|&b| b == 0);
+    vg::noaccess(p, len);
+    zero
+}
+
+/// Whether `p` is one of the last huge blocks freed (`RECENT_HUGE`). Asked only of a pointer
+/// that is not ours now: the allocator before us could hand out that very address since (its
+/// blocks never start 256 bytes into a 4 MiB-aligned page as ours do, unless glibc's heap
+/// happens to put one there), so a match is a double free, barring that coincidence.
+pub fn freed_huge_lately(p: *const u8) -> bool {
+    p as usize != 0 && RECENT_HUGE.iter().any(|e| e.load(Relaxed) == p as usize)
+}
+
+/// Report a pointer handed to `call` (a free or realloc hook) that is not a live block and not
+/// the allocator before us's either: inside our segments but not where a block starts (a block
+/// freed before, whose page went back to its segment, or a pointer into a block), or a huge
+/// block freed lately (`freed_huge_lately`). Handed to the allocator before us instead, such a
+/// pointer goes into its free lists: glibc aborts or crashes, or puts it in its tcache and
+/// hands out memory of a live segment of ours to its next `malloc`. In warn mode the caller
+/// then does nothing with it.
+pub fn not_a_block(p: *mut u8, call: &Call) {
+    if crate::owns(p) {
+        report(
+            format_args!(
+                "{} of {:p}, inside rustmalloc's memory but not at a live block: a double free of \
+                 a block already given back, or a pointer into a block",
+                call.function, p
+            ),
+            Stack::Here,
+        );
+    } else {
+        report(
+            format_args!(
+                "double free of huge block {:p} by {}: it was freed before and its memory \
+                 given back to the OS",
+                p, call.function
+            ),
+            Stack::Here,
+        );
+    }
+}
+
 /// Allocate `n` bytes through `alloc` (which takes the padded size), laid out for checking.
 pub fn malloc(n: usize, zeroed: bool, alloc: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
     let Some(padded) = n.checked_add(EXTRA) else {
@@ -247,6 +319,10 @@ pub unsafe fn free(p: *mut u8, call: &Call, free: impl Fn(*mut u8)) {
     (p.add(bs - 8) as *mut u64).write_unaligned(FREED_MARK);
     vg::noaccess(p, bs);
     if bs > QUARANTINE_MAX_BLOCK {
+        if bs > crate::segment::LARGE_MAX {
+            let i = RECENT_HUGE_NEXT.fetch_add(1, Relaxed) % RECENT_HUGE_LEN;
+            RECENT_HUGE[i].store(p as usize, Relaxed);
+        }
         free_now(p, &free);
         return;
     }

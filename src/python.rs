@@ -279,6 +279,18 @@ extern "C" fn write_python_stack() {
 static DUMP_TRACEBACK: AtomicUsize = AtomicUsize::new(0);
 static IS_FINALIZING: AtomicUsize = AtomicUsize::new(0);
 
+/// For the checking hooks: `p`, handed to a free or realloc hook and not a live block of ours,
+/// is not the allocator before us's either (`check::not_a_block`): it lies in our segments
+/// (unless that allocator is CPython's debug hooks, whose blocks can lie inside ours, see
+/// `owns_block_start`), or it is a huge block of ours freed lately.
+fn not_ours_to_forward(p: *const u8) -> bool {
+    if crate::owns(p) {
+        !STRICT_OWNERSHIP.load(Relaxed)
+    } else {
+        crate::check::freed_huge_lately(p)
+    }
+}
+
 /// The checking hooks of one domain: `gil` says whether the domain needs the GIL (MEM, OBJ).
 macro_rules! checking {
     ($domain:expr, $gil:expr, $names:expr, $malloc:ident, $calloc:ident, $realloc:ident, $free:ident) => {
@@ -300,12 +312,16 @@ macro_rules! checking {
             // The GIL test first: a foreign MEM/OBJ block (pymalloc's) handed on without the
             // GIL corrupts pymalloc just as well.
             let raw = $domain == RAW || ($gil && gil_missing($names[2]));
-            if !owns_block_start(p as *const u8) {
-                return forward_realloc($domain, p, size);
-            }
             let call = crate::check::Call {
                 function: $names[2],
             };
+            if !owns_block_start(p as *const u8) {
+                if not_ours_to_forward(p as *const u8) {
+                    crate::check::not_a_block(p as *mut u8, &call);
+                    return null_mut(); // warn mode: `p` is left alone
+                }
+                return forward_realloc($domain, p, size);
+            }
             // SAFETY: `p` is ours; `free_for` routes each block to its owner.
             unsafe {
                 crate::check::realloc(
@@ -323,12 +339,16 @@ macro_rules! checking {
             }
             // As in the realloc hook: the GIL test first.
             let raw = $domain == RAW || ($gil && gil_missing($names[3]));
-            if !owns_block_start(p as *const u8) {
-                return forward_free($domain, p);
-            }
             let call = crate::check::Call {
                 function: $names[3],
             };
+            if !owns_block_start(p as *const u8) {
+                if not_ours_to_forward(p as *const u8) {
+                    crate::check::not_a_block(p as *mut u8, &call);
+                    return; // warn mode: `p` is left alone
+                }
+                return forward_free($domain, p);
+            }
             // SAFETY: as above.
             unsafe { crate::check::free(p as *mut u8, &call, |q| free_for($domain, raw, q)) }
         }
@@ -608,6 +628,12 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
             core::sync::atomic::fence(SeqCst);
             let strict = STRICT_OWNERSHIP.load(Relaxed);
             let mut mine = hooks(d, forward_only, check != crate::check::OFF, strict);
+            // Our hooks ignore their context; given the previous allocator's, a thread that
+            // reads the struct while PyMem_SetAllocator copies it field by field (a RAW call
+            // from a thread without the GIL) pairs either allocator's functions with a context
+            // they accept. Under CPython's debug hooks, whose context is not null, a null one
+            // would crash theirs.
+            mine.ctx = (*PREVIOUS.0.get())[d].ctx;
             ffi::PyMem_SetAllocator(ffi_domain(d), &mut mine);
         }
         INSTALLED.fetch_or(1 << d, Release);

@@ -165,3 +165,105 @@ def test_a_foreign_block_freed_without_the_gil_is_reported():
     )
     assert "rustmalloc: PyMem_Free called by a thread that does not hold the GIL" in proc.stderr, proc.stderr
     assert "handed on" in proc.stdout
+
+
+LATE_DOUBLE_FREE = """
+import rustmalloc
+rustmalloc.install(check={check!r})
+D = DOMAINS[{domain!r}]
+def plant_bug(kind):
+    if kind == "large":                            # not quarantined: its pages go back at once
+        keep = D.malloc(100_000)
+        p = D.malloc(100_000)
+        D.free(p)
+    elif kind == "huge":                           # its mapping is gone after the first free
+        p = D.malloc(3_000_000)
+        D.free(p)
+    elif kind == "small, purged":                  # its OS page given back by trim()
+        keep = [D.malloc(4000) for _ in range(12)] # one block per OS page, the page stays in use
+        p = keep.pop(6)
+        D.free(p)
+        for i in range(6000):                      # push it out of the quarantine
+            D.free(D.malloc(40))
+        rustmalloc.trim()
+    else:                                          # small, double freed after it left the quarantine
+        p = D.malloc(1000)
+        D.free(p)
+        for i in range(6000):                      # push it out; its page empties and goes back
+            D.free(D.malloc(40))
+    D.free(p)
+    D.free(D.malloc(40))
+plant_bug({kind!r})
+print("finished")
+"""
+
+LATE_MESSAGES = {
+    "large": "not at a live block: a double free",
+    "huge": "double free of huge block 0x",
+    # Its page may still be carved (the block then still carries its freed mark) or gone back.
+    "small after the quarantine": "double free",
+    # Read as zeros: it was reported as a write past the end of a 0-byte block.
+    "small, purged": "double free of block 0x",
+}
+
+
+@pytest.mark.parametrize("domain", ["raw", "mem"])
+@pytest.mark.parametrize("kind", list(LATE_MESSAGES))
+def test_a_double_free_found_after_the_block_was_given_back_is_reported(kind, domain):
+    # Once the block's page (or mapping) has gone back, the pointer is no live block of ours.
+    # Handed to the allocator before us as a foreign pointer it made glibc abort or crash with no
+    # report, or put our memory into glibc's tcache (see the next test).
+    proc = run_python(LATE_DOUBLE_FREE.format(check=True, domain=domain, kind=kind),
+                      expect_rc=-signal.SIGABRT)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("rustmalloc:")]
+    assert len(lines) == 1, proc.stderr
+    assert LATE_MESSAGES[kind] in lines[0], lines[0]
+    assert "Stack (most recent call first)" in proc.stderr and "in plant_bug" in proc.stderr
+    assert "finished" not in proc.stdout
+    warn = run_python(LATE_DOUBLE_FREE.format(check="warn", domain=domain, kind=kind))
+    assert LATE_MESSAGES[kind] in warn.stderr and "finished" in warn.stdout, warn.stderr
+
+
+def test_a_late_double_free_never_reaches_glibc():
+    # The review's case: the second free of a large block whose pages went back, with the 8
+    # bytes before it (a small page's last block) holding what glibc takes for a chunk size. It
+    # went to glibc's free, which put it in its tcache, and glibc's next malloc(40) returned
+    # memory inside a live segment of ours.
+    proc = run_python(
+        """
+        import threading
+        import rustmalloc
+        from rustmalloc import _rustmalloc as R
+        rustmalloc.install(check="warn")
+        m, f = RAW_NOGIL.malloc, RAW_NOGIL.free
+        libc_malloc = ctypes.CDLL(None).malloc
+        libc_malloc.restype = c_void_p
+        libc_malloc.argtypes = [c_size_t]
+        SEG, PAGE = 4 << 20, 64 << 10
+        out = {}
+        def scenario():
+            l1 = m(100_000); l2 = m(100_000)       # 2-page spans from the segment's bottom
+            seg = l1 & ~(SEG - 1)
+            check(l2 == l1 + 2 * PAGE, (hex(l1), hex(l2)))
+            keep = []
+            while True:                            # fill the segment with small pages
+                p = m(48); keep.append(p)
+                if p & ~(SEG - 1) != seg: break
+            f(l1)                                  # its pages come back; a small page lands below l2
+            n = 0
+            for _ in range(200_000):
+                p = m(48); keep.append(p)
+                n += l2 - PAGE <= p < l2
+                if n == 1024: break
+            f(l2)
+            out["live_after_free"] = R._owns_block_start(l2)
+            f(l2)                                  # the double free
+            q = libc_malloc(40)
+            out["glibc_block_is_ours"] = R.owns(q)
+        t = threading.Thread(target=scenario); t.start(); t.join()
+        check(out == {"live_after_free": False, "glibc_block_is_ours": False}, out)
+        print("finished")
+        """
+    )
+    assert "not at a live block: a double free" in proc.stderr, proc.stderr
+    assert "finished" in proc.stdout
