@@ -192,7 +192,10 @@ fn cached_heap() -> *mut RawHeap {
     let Some(tp) = thread_pointer() else {
         return null_mut();
     };
-    let h = cache_slot(tp).load(Relaxed);
+    // Acquire, paired with the Release store that filled the slot: the heap's fields, written
+    // when it was created (plain writes), come before the read of its `owner_tp` below. (Free
+    // on x86; the read could otherwise only see 0 or the creator's thread pointer, never ours.)
+    let h = cache_slot(tp).load(Acquire);
     // SAFETY: cached heaps are registry entries, never freed; `owner_tp == tp` means this
     // thread owns `h` (see `Heap::owner_tp`).
     if !h.is_null() && unsafe { (*h).heap.owner_tp.load(Relaxed) } == tp {
@@ -209,7 +212,7 @@ fn with_heap_uncached<R>(f: impl FnOnce(*mut Heap) -> R) -> Option<R> {
     let h = thread_heap();
     if h as usize > DEAD as usize {
         if let Some(tp) = thread_pointer() {
-            cache_slot(tp).store(h, Relaxed);
+            cache_slot(tp).store(h, Release);
         }
         // SAFETY: a heap in the thread slot is OWNED by this thread.
         return Some(unsafe { while_busy(h, f) });
@@ -401,6 +404,20 @@ fn acquire() -> *mut RawHeap {
     create(OWNED)
 }
 
+/// What `create` copies into a new heap's mapping: a `RawHeap` built at compile time, so the
+/// 18 KB struct never passes through the stack. Built in place with `write`, it did (the
+/// compiler made it on the stack and copied it): a thread with a 16 KiB stack
+/// (`PTHREAD_STACK_MIN`) crashed on its first RAW call when no heap was there to adopt.
+struct NewHeap(RawHeap);
+// SAFETY: never written, only copied from.
+unsafe impl Sync for NewHeap {}
+static NEW_HEAP: NewHeap = NewHeap(RawHeap {
+    heap: Heap::new(),
+    state: AtomicU8::new(OWNED),
+    busy: AtomicBool::new(false),
+    next_in_registry: null_mut(),
+});
+
 /// Map a new heap and put it on the registry.
 fn create(state: u8) -> *mut RawHeap {
     let size = os::round_up(core::mem::size_of::<RawHeap>(), os::page_size()).unwrap_or(0);
@@ -408,14 +425,11 @@ fn create(state: u8) -> *mut RawHeap {
     if h.is_null() {
         return null_mut();
     }
-    // SAFETY: a fresh writable mapping large enough for a RawHeap.
+    // SAFETY: a fresh writable mapping large enough for a RawHeap; `NEW_HEAP` is a RawHeap
+    // no one uses (a plain value, copied bit for bit).
     unsafe {
-        h.write(RawHeap {
-            heap: Heap::new(),
-            state: AtomicU8::new(state),
-            busy: AtomicBool::new(false),
-            next_in_registry: null_mut(),
-        });
+        core::ptr::copy_nonoverlapping(&NEW_HEAP.0, h, 1);
+        (*h).state.store(state, Relaxed);
         let mut head = REGISTRY.load(Relaxed);
         loop {
             (*h).next_in_registry = head;

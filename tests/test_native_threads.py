@@ -96,3 +96,35 @@ expect_clean(ext._stress_raw(threads=4, iters=5000, lifetime=700), "stress_raw w
 expect_clean(ext._stress_thread_churn(total=200, batch=16), "thread_churn without rustmalloc")
 print("ok")
 """, timeout=120)
+
+
+def test_a_thread_with_the_smallest_stack_gets_a_heap():
+    # A native thread with a PTHREAD_STACK_MIN (16 KiB) stack whose first call is RAW, and no
+    # heap of an exited thread to adopt: its heap is made. Made through the stack (the 18 KB
+    # struct built there and copied), that crashed with SIGSEGV; glibc's malloc (the control,
+    # without install) serves such a thread.
+    for install in (False, True):
+        proc = run_python("""
+import sys
+import rustmalloc
+if sys.argv[1] == "1":
+    rustmalloc.install()
+libc = ctypes.CDLL(None)
+stack_min = 16384
+attr = ctypes.create_string_buffer(64)       # pthread_attr_t (56 bytes on x86_64 and aarch64)
+check(libc.pthread_attr_init(attr) == 0)
+check(libc.pthread_attr_setstacksize(attr, ctypes.c_size_t(stack_min)) == 0)
+raw_malloc = ctypes.cast(ctypes.pythonapi.PyMem_RawMalloc, c_void_p)
+for _ in range(3):
+    tid, result = ctypes.c_ulong(), c_void_p()
+    # The thread's start routine is PyMem_RawMalloc itself, its argument the size.
+    check(libc.pthread_create(ctypes.byref(tid), attr, raw_malloc, c_void_p(64)) == 0)
+    check(libc.pthread_join(tid, ctypes.byref(result)) == 0)
+    check(result.value, "no block")
+    write(result.value, b"x" * 64)
+    RAW_NOGIL.free(result.value)
+if sys.argv[1] == "1":
+    check(rustmalloc.stats().raw_heaps_created >= 2, rustmalloc.stats())
+print("ok")
+""", argv=[str(int(install))])
+        assert proc.stdout.strip().endswith("ok")
