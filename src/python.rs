@@ -750,6 +750,12 @@ fn _track_totals(_py: Python<'_>) -> (u64, u64, u64, u64, u64, u64) {
     t
 }
 
+/// The checking mode in force (0 off, 1 abort, 2 warn): fixed by the first install.
+#[pyfunction]
+fn _check_mode_in_force() -> u8 {
+    crate::check::MODE.load(Relaxed)
+}
+
 /// Restart the per-domain peaks (`stats()`'s) from the current figures.
 #[pyfunction]
 fn _reset_peak() {
@@ -975,6 +981,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(_track_totals, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(_check_mode_in_force, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_track_peak, m)?)?;
     m.add_function(wrap_pyfunction!(_trim, m)?)?;
     m.add_function(wrap_pyfunction!(_configure, m)?)?;

@@ -109,6 +109,26 @@ def test_check_mode_is_fixed_at_first_install():
             rustmalloc.install(check="sometimes")
         except ValueError as e:
             check("warn" in str(e))
+        # Without check=, a later install follows the mode in force (RUSTMALLOC_CHECK is unset).
+        rustmalloc.install()
+        """
+    )
+
+
+def test_asking_for_another_mode_after_install_raises_even_with_no_new_domain():
+    # It returned without a word and left the checking mode off.
+    run_python(
+        """
+        import rustmalloc
+        rustmalloc.install()
+        for mode in (True, "warn"):
+            try:
+                rustmalloc.install(check=mode)
+            except RuntimeError as e:
+                check("fixed by the first install" in str(e) and "check=False" in str(e), str(e))
+            else:
+                raise AssertionError("install(check=%r) after install() was accepted" % (mode,))
+        rustmalloc.install(check=False)          # the mode in force: fine
         """
     )
 

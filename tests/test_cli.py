@@ -241,6 +241,19 @@ def test_run_without_pth(prog, tmp_path):
     assert json.loads(out.read_text())["installed"] == ALL
 
 
+def test_run_without_pth_honours_domains_and_stats_over_the_environment(prog, tmp_path):
+    # `run` imported the startup hook before setting RUSTMALLOC, which installed what the
+    # inherited variable said (RAW here) and consumed an inherited RUSTMALLOC_STATS.
+    site_dir = subprocess.run([sys.executable, "-c", "import os, rustmalloc; print(os.path.dirname("
+                               "os.path.dirname(rustmalloc.__file__)))"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    r = rm("run", "--domains", "mem,obj", str(prog), flags=["-S"],
+           env=_env(PYTHONPATH=site_dir, RUSTMALLOC="raw", RUSTMALLOC_STATS="1"))
+    assert r.returncode == 0, r.stderr
+    assert seen(r)["installed"] == ["mem", "obj"]
+    assert "rustmalloc statistics at exit" in r.stderr
+
+
 # ---- stats ------------------------------------------------------------------------------------
 
 

@@ -36,6 +36,16 @@ def test_limit_memory_fails_and_passes(pytester: pytest.Pytester):
     result.stdout.fnmatch_lines(["*test_too_big allocated a peak of *bytes (4.8 MiB), over its limit_memory of 1,000,000 bytes*"])
 
 
+def test_limit_memory_failure_is_a_plain_failure_under_warnings_as_errors(pytester: pytest.Pytester):
+    # Raised in the hook wrapper's teardown, the failure also came out as a pluggy warning: one
+    # per test in the summary, and under -W error a warning traceback instead of the failure.
+    pytester.makepyfile(test_mem=TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*test_too_big allocated a peak of *over its limit_memory*"])
+    result.stdout.no_fnmatch_line("*PluggyTeardownRaisedWarning*")
+
+
 def test_malformed_limit_is_a_usage_error(pytester: pytest.Pytester):
     pytester.makepyfile(test_bad='''
 import pytest

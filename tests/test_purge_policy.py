@@ -65,6 +65,8 @@ refused({"idle_purge": "no"}, TypeError, ["idle_purge", "True or False"])
 refused({"retain_bytes": "lots"}, ValueError, ["retain_bytes", "'24 MB'"])
 refused({"retain_bytes": -5}, ValueError, ["retain_bytes", "negative"])
 refused({"retain_bytes": 2.0}, TypeError, ["retain_bytes"])
+refused({"retain_bytes": 2**64}, ValueError, ["retain_bytes", "too large"])
+refused({"retain_bytes": "99999999999999999999 GiB"}, ValueError, ["retain_bytes", "too large"])
 check(rustmalloc.parse_size("1.5KiB") == 1536 and rustmalloc.parse_size("24 MB") == 24_000_000)
 print("ok")
 """)
@@ -75,6 +77,8 @@ print("ok")
     ("RUSTMALLOC_PURGE", "maybe", ["RUSTMALLOC_PURGE", "1 (on) or 0 (off)"]),
     ("RUSTMALLOC_RETAIN_BYTES", "12 parsecs", ["RUSTMALLOC_*", "retain_bytes"]),
     ("RUSTMALLOC_IDLE_PURGE", "sometimes", ["RUSTMALLOC_IDLE_PURGE", "1 (on) or 0 (off)"]),
+    ("RUSTMALLOC_RETAIN_BYTES", "99999999999999999999", ["RUSTMALLOC_*", "retain_bytes", "too large"]),
+    ("RUSTMALLOC_PURGE_DELAY_MS", "\u00b2", ["RUSTMALLOC_PURGE_DELAY_MS", "whole number"]),
 ])
 def test_a_bad_environment_setting_is_refused_at_install(var, value, words):
     """A bad RUSTMALLOC_* value fails install() with a message naming it; nothing is installed."""
@@ -295,7 +299,10 @@ def test_the_idle_purger_ends_before_the_interpreter_finalizes():
         proc = run_python("""
 import atexit, os, time
 def after():
+    import rustmalloc
     from rustmalloc import _rustmalloc as ext
+    # A purger started here, after ours ended, would run into finalization.
+    rustmalloc.configure(idle_purge=True)
     os.write(1, b"at exit: purger running %%r\\n" %% (ext._idle_purge_state()[1],))
 atexit.register(after)
 import rustmalloc
@@ -340,6 +347,10 @@ def fork_from_a_thread():
     pid = os.fork()
     if pid == 0:
         os.write(1, b"child of a thread: purger %r\\n" % (ext._idle_purge_state(),))
+        # configure() (even to read the settings) started a purger here, which kept the
+        # child alive after its thread ended.
+        rustmalloc.configure(idle_purge=True)
+        os.write(1, b"after configure: purger %r\\n" % (ext._idle_purge_state(),))
         return          # the thread ends, and with it the child process
     start = time.monotonic()
     _, st = os.waitpid(pid, 0)
@@ -353,6 +364,7 @@ check(result["seconds"] < 20, result)
 print("ok")
 """, timeout=120)
     assert "child of a thread: purger (True, False)" in proc.stdout, proc.stdout
+    assert "after configure: purger (True, False)" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("idle_purge", [True, False])

@@ -116,6 +116,29 @@ def test_installed_before_user_code():
     assert (r.returncode, r.stdout, r.stderr) == (0, "True\n", "")
 
 
+@pytest.mark.parametrize("check, rustmalloc, expected", [
+    ("OFF", None, "() 0"), ("False", None, "() 0"), ("No", None, "() 0"),
+    ("Warn", None, f"{ALL} 2"), ("YES", None, f"{ALL} 1"), ("abort", "raw", "('raw',) 1"),
+    ("false", "1", f"{ALL} 0"), ("no", "mem,obj", "('mem', 'obj') 0"),
+    ("warn", "0", "() 0"), ("1", "off", "() 0"),
+])
+def test_check_variable_words_any_case(check, rustmalloc, expected):
+    # RUSTMALLOC_CHECK=OFF installed all domains; =FALSE printed an error blaming RUSTMALLOC;
+    # RUSTMALLOC=0 with RUSTMALLOC_CHECK set installed anyway.
+    env = _env(RUSTMALLOC_CHECK=check) if rustmalloc is None else _env(RUSTMALLOC_CHECK=check,
+                                                                        RUSTMALLOC=rustmalloc)
+    r = py("-c", "import rustmalloc; print(rustmalloc.installed(), "
+                 "rustmalloc._rustmalloc._check_mode_in_force())", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, expected + "\n", "")
+
+
+def test_invalid_check_variable_warns_once_naming_it():
+    r = py("-c", "import rustmalloc; print(rustmalloc.installed())", env=_env(RUSTMALLOC_CHECK="often"))
+    assert (r.returncode, r.stdout) == (0, "()\n")
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rustmalloc: ignoring RUSTMALLOC_CHECK='often'"), r.stderr
+
+
 # ---- invalid values and failures: one line on stderr, default allocators, no traceback ------
 
 

@@ -141,24 +141,24 @@ def install(domains: Union[str, Iterable[str]] = DOMAINS, *, check: Union[bool, 
     ``check`` turns on the checking mode for C-extension memory bugs (double free, write past
     the end, write after free, MEM/OBJ without the GIL): ``True`` reports and aborts, ``"warn"``
     reports and goes on, ``False`` is off; ``None`` (the default) takes ``RUSTMALLOC_CHECK``
-    (``1``, ``warn`` or ``0``) from the environment. It is fixed by the first install.
+    (``1``, ``warn`` or ``0``) from the environment at the first install, and the mode in force
+    at a later one. It is fixed by the first install: a later call that asks for another mode
+    raises RuntimeError, whether or not it adds domains.
 
     If tracemalloc is tracing, it is stopped, rustmalloc installed, and tracing restarted with
     the same traceback limit (traces taken before the call are lost): tracemalloc must wrap
     rustmalloc, never the reverse. Raises RuntimeError if another allocator hook is in place.
     """
-    _install(domains, forward_only=False, check=_check_mode(check))
+    _install(domains, forward_only=False, check=check)
 
 
-def _check_mode(check: Union[bool, str, None]) -> int:
+_CHECK_NAMES = ("False (off)", "True (report and abort)", "'warn' (report and go on)")
+
+
+def _check_mode(check: Union[bool, str, None]) -> "int | None":
+    """An explicit ``check=`` value as a mode (0, 1, 2); None for None."""
     if check is None:
-        value = _environ().get("RUSTMALLOC_CHECK", "").strip().lower()
-        table = {"": 0, "0": 0, "off": 0, "1": 1, "on": 1, "abort": 1, "warn": 2}
-        if value not in table:
-            raise ValueError(
-                f"RUSTMALLOC_CHECK={value!r}: use 1 (report and abort), warn (report and go on) or 0"
-            )
-        return table[value]
+        return None
     if check is True or check is False:
         return int(check)
     if check == "warn":
@@ -166,16 +166,39 @@ def _check_mode(check: Union[bool, str, None]) -> int:
     raise ValueError(f"check must be True, False or 'warn', not {check!r}")
 
 
+def _check_from_environment() -> int:
+    from ._env import CHECK_HELP, parse_check
+
+    value = _environ().get("RUSTMALLOC_CHECK", "")
+    mode = parse_check(value)
+    if mode is None:
+        raise ValueError(f"RUSTMALLOC_CHECK={value!r}: {CHECK_HELP}")
+    return mode
+
+
 def _install_forward_only(domains: Union[str, Iterable[str]] = DOMAINS) -> None:
     """Install hooks that hand every call to the previous allocator: the floor cost of being a
     hook, for benchmarks. Not for use otherwise; the mode is fixed by the first install."""
-    _install(domains, forward_only=True, check=0)
+    _install(domains, forward_only=True, check=False)
 
 
-def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: int) -> None:
+def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: Union[bool, str, None]) -> None:
     mask = _domain_mask(domains)
     _check_supported()
-    if mask & ~_ext._installed_mask() == 0:
+    mode = _check_mode(check)
+    have = _ext._installed_mask()
+    if have:
+        in_force = _ext._check_mode_in_force()
+        if mode is not None and mode != in_force and not forward_only:
+            raise RuntimeError(
+                f"the checking mode is fixed by the first install() of the process (blocks handed "
+                f"out before cannot gain canaries): it is check={_CHECK_NAMES[in_force]}; call "
+                f"install() without check= or with that value"
+            )
+        mode = in_force
+    elif mode is None:
+        mode = _check_from_environment()
+    if mask & ~have == 0:
         return
     if not _ext._installed_mask() and any(k.startswith("RUSTMALLOC_") for k in _environ()):
         from ._config import configure_from_environment
@@ -188,7 +211,7 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: int)
     if tracing:
         _tracemalloc.stop()
     try:
-        _ext._install(mask, forward_only, check)
+        _ext._install(mask, forward_only, mode)
     finally:
         if tracing:
             _tracemalloc.start(limit)

@@ -1,9 +1,29 @@
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+__all__ = [
+    "DOMAINS",
+    "DomainStats",
+    "OsStats",
+    "SizeClassStats",
+    "Snapshot",
+    "allocated_blocks",
+    "configure",
+    "format_stats",
+    "install",
+    "installed",
+    "print_stats",
+    "reset_peak",
+    "stats",
+    "track",
+    "trim",
+]
+
 DOMAINS: tuple[str, str, str]
 
+@dataclass(frozen=True)
 class DomainStats:
     blocks_in_use: int
     bytes_in_use: int
@@ -20,6 +40,7 @@ class DomainStats:
     bytes_allocated: int
     bytes_freed: int
 
+@dataclass(frozen=True)
 class SizeClassStats:
     domain: str
     heap: str
@@ -29,6 +50,7 @@ class SizeClassStats:
     blocks_free: int
     pages: int
 
+@dataclass(frozen=True)
 class OsStats:
     bytes_mapped: int
     bytes_returned: int
@@ -38,6 +60,7 @@ class OsStats:
     bytes_refaulted: int
     purge_delay_ms: int
 
+@dataclass(frozen=True)
 class Snapshot:
     installed: tuple[str, ...]
     domains: Mapping[str, DomainStats]

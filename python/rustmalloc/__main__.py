@@ -187,13 +187,14 @@ def _pth_is_active() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import _startup
+    # Not `_startup` yet: importing it acts on the environment, which is not set up yet.
+    from ._env import parse
 
     if args.domains is None:
         # Keep a valid RUSTMALLOC the caller set (e.g. raw); otherwise all domains.
         inherited = os.environ.get("RUSTMALLOC", "")
-        args.domains = inherited if _startup.parse(inherited) else "1"
-    elif not _startup.parse(args.domains):
+        args.domains = inherited if parse(inherited) else "1"
+    elif not parse(args.domains):
         sys.stderr.write(
             f"python -m rustmalloc run: error: --domains {args.domains!r}: expected all, raw, mem,obj "
             "or raw,mem,obj\n"
@@ -220,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
     # run the program in this interpreter, as `python script.py` / `python -m module` would.
     import runpy
 
-    _startup.start()
+    if "rustmalloc._startup" in sys.modules:
+        sys.modules["rustmalloc._startup"].start()
+    else:
+        from . import _startup  # noqa: F401  (importing it installs, as rustmalloc.pth would)
     if args.module:
         sys.argv = [args.module, *args.args]
         runpy._run_module_as_main(args.module, alter_argv=True)  # type: ignore[attr-defined]

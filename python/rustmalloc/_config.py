@@ -37,22 +37,30 @@ def _number_and_unit(text: str) -> Optional[tuple]:
     return number, unit
 
 
+#: The largest size accepted (the allocator keeps sizes in 64-bit counters).
+_SIZE_MAX = 2**63 - 1
+
+
 def parse_size(value: Union[int, str], what: str = "size") -> int:
     """``"24 MB"`` -> 24000000, ``"1.5KiB"`` -> 1536, ``1024`` -> 1024. Units: B, KB, MB, GB
     (powers of 1000) and KiB, MiB, GiB (powers of 1024), any case."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise TypeError(f"{what} must be an int (bytes) or a string such as '24 MB', not {type(value).__name__}")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{what} must not be negative: {value}")
-        return value
-    parts = _number_and_unit(value)
-    if parts is None or parts[1].lower() not in _UNITS:
-        raise ValueError(
-            f"{what}: cannot read {value!r} as a size; write a number and a unit, such as "
-            "'512 B', '24 MB' or '1.5 GiB' (units: B, KB, MB, GB, KiB, MiB, GiB)"
-        )
-    return int(float(parts[0]) * _UNITS[parts[1].lower()])
+        size = value
+    else:
+        parts = _number_and_unit(value)
+        if parts is None or parts[1].lower() not in _UNITS:
+            raise ValueError(
+                f"{what}: cannot read {value!r} as a size; write a number and a unit, such as "
+                "'512 B', '24 MB' or '1.5 GiB' (units: B, KB, MB, GB, KiB, MiB, GiB)"
+            )
+        size = int(float(parts[0]) * _UNITS[parts[1].lower()])
+    if size < 0:
+        raise ValueError(f"{what} must not be negative: {value}")
+    if size > _SIZE_MAX:
+        raise ValueError(f"{what} is too large: {value!r} is over 2**63 - 1 bytes")
+    return size
 
 
 def settings() -> dict:
@@ -127,12 +135,13 @@ def configure_from_environment(environ: Optional[dict] = None) -> None:
             kwargs[key] = value in ("1", "true", "on")
     if "RUSTMALLOC_PURGE_DELAY_MS" in env:
         raw = env["RUSTMALLOC_PURGE_DELAY_MS"].strip()
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise ValueError(f"RUSTMALLOC_PURGE_DELAY_MS={raw!r}: use a whole number of milliseconds")
         kwargs["purge_delay_ms"] = int(raw)
     if "RUSTMALLOC_RETAIN_BYTES" in env:
         raw = env["RUSTMALLOC_RETAIN_BYTES"]
-        kwargs["retain_bytes"] = int(raw) if raw.strip().isdigit() else raw
+        digits = raw.strip()
+        kwargs["retain_bytes"] = int(digits) if digits.isascii() and digits.isdigit() else raw
     try:
         configure(**kwargs)
     except (TypeError, ValueError) as e:

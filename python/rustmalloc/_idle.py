@@ -46,12 +46,19 @@ _stopping = False
 _native_id = None
 #: A fork child's purger is due at its next garbage collection (see `_start_at_collection`).
 _start_pending = False
+#: This process is (or descends from) a child forked from another thread than the main one: it
+#: lives until that thread ends, with no atexit, so a thread of ours would keep it alive.
+_no_thread_here = False
+#: `_stop` has run (interpreter exit): no thread may start after it, from a later atexit handler.
+_exiting = False
 
 
 def start() -> None:
     """Start the thread if the idle purger is on and none runs in this process. If the thread
     cannot be started (no threads left: a pids limit), rustmalloc goes on without it."""
     global _locks, _stopping
+    if _no_thread_here or _exiting:
+        return
     _register_hooks()
     if not _ext._idle_purger_claim():
         return
@@ -120,7 +127,8 @@ def _run(wake, done) -> None:
 
 def _stop() -> None:
     """atexit: end the thread and wait for it, so that none runs into finalization."""
-    global _stopping
+    global _stopping, _exiting
+    _exiting = True
     if _locks is None:
         return
     wake, done = _locks
@@ -151,14 +159,16 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _locks, _start_pending, _native_id
+    global _locks, _start_pending, _native_id, _no_thread_here
     _ext._idle_purger_gone()
     _locks = None
     _native_id = None
     _start_pending = False
     # A child forked from another thread than the main one lives until that thread ends (no
-    # finalization, no atexit): a thread of ours would keep it alive. It goes without.
-    if _forked_from_main_thread and _ext._installed_mask():
+    # finalization, no atexit): a thread of ours would keep it alive. It goes without, and so
+    # do its own children (it never had a main thread), whatever `configure()` asks.
+    _no_thread_here = _no_thread_here or not _forked_from_main_thread
+    if not _no_thread_here and _ext._installed_mask():
         # Not now: the child of fork() must come back with one thread (see the module doc).
         import gc
 

@@ -22,11 +22,14 @@ and ``RUSTMALLOC_STATS_JSON`` (write the snapshot to that file at exit). They co
 that reads them: this module removes them from ``os.environ`` so that its children do not report
 too, while ``RUSTMALLOC`` itself stays, so that every child process is served by rustmalloc.
 
-``RUSTMALLOC_CHECK=1`` (or ``warn``) alone also installs, all domains, in the checking mode;
-with ``RUSTMALLOC`` it picks the checking mode for the domains that names (``install()`` reads
-the variable).
+``RUSTMALLOC_CHECK=1`` (or ``warn``) with ``RUSTMALLOC`` unset or empty also installs, all
+domains, in the checking mode; with ``RUSTMALLOC`` it picks the checking mode for the domains that
+names (``install()`` reads the variable). ``RUSTMALLOC=0`` (or ``off``...) turns rustmalloc off
+whatever ``RUSTMALLOC_CHECK`` says. An invalid ``RUSTMALLOC_CHECK`` prints one line naming it and
+installs nothing.
 
-Only ``os`` and ``sys`` are imported here (``site`` has loaded both already).
+Only ``os``, ``sys`` (``site`` has loaded both already) and ``rustmalloc._env`` (which imports
+nothing) are imported here until an install.
 """
 
 from __future__ import annotations
@@ -34,27 +37,11 @@ from __future__ import annotations
 import os
 import sys
 
-_OFF = frozenset({"", "0", "off", "false", "no"})
-_ALL = frozenset({"1", "on", "true", "yes", "all"})
-_DOMAINS = ("raw", "mem", "obj")
-_SETS = (frozenset({"raw"}), frozenset({"mem", "obj"}), frozenset(_DOMAINS))
+from ._env import CHECK_HELP, OFF as _OFF, parse, parse_check
 
 #: What this module did, for tests and for ``python -m rustmalloc``: "off", "installed",
 #: "invalid" or "failed".
 outcome = "off"
-
-
-def parse(value: str) -> tuple | None:
-    """The domains a ``RUSTMALLOC`` value asks for: () for off, None if the value is invalid."""
-    value = value.strip().lower()
-    if value in _OFF:
-        return ()
-    if value in _ALL:
-        return _DOMAINS
-    names = [part.strip() for part in value.split(",")]
-    if frozenset(names) not in _SETS or len(names) != len(set(names)):
-        return None
-    return tuple(d for d in _DOMAINS if d in names)
 
 
 def _warn(message: str) -> None:
@@ -98,7 +85,13 @@ def start() -> None:
     are consumed). Runs when this module is first imported."""
     global outcome
     value = os.environ.get("RUSTMALLOC", "")
-    if value.strip() in ("", "0") and os.environ.get("RUSTMALLOC_CHECK", "").strip() not in _OFF:
+    check = os.environ.get("RUSTMALLOC_CHECK", "")
+    if parse_check(check) is None:
+        outcome = "invalid"
+        _warn(f"ignoring RUSTMALLOC_CHECK={check!r}: {CHECK_HELP}; running on CPython's default "
+              "allocators")
+        return
+    if not value.strip() and parse_check(check):
         value = "1"  # RUSTMALLOC_CHECK=1 alone: install all domains in the checking mode
     print_report = os.environ.pop("RUSTMALLOC_STATS", "").strip() not in _OFF
     json_path = os.environ.pop("RUSTMALLOC_STATS_JSON", "") or None

@@ -129,12 +129,20 @@ def pytest_runtest_call(item: pytest.Item):
     if outcome.excinfo is None and measured.peak_bytes > limit:
         from rustmalloc._stats import format_bytes
 
-        pytest.fail(
-            f"{item.nodeid} allocated a peak of {measured.peak_bytes:,} bytes "
-            f"({format_bytes(measured.peak_bytes)}), over its limit_memory of {limit:,} bytes "
-            f"({format_bytes(limit)})",
-            pytrace=False,
-        )
+        try:
+            pytest.fail(
+                f"{item.nodeid} allocated a peak of {measured.peak_bytes:,} bytes "
+                f"({format_bytes(measured.peak_bytes)}), over its limit_memory of {limit:,} "
+                f"bytes ({format_bytes(limit)})",
+                pytrace=False,
+            )
+        except pytest.fail.Exception as failure:
+            # The test's outcome, set through pluggy (1.1+): raised here, in a hook wrapper's
+            # teardown, it would also come out as a PluggyTeardownRaisedWarning (an error under
+            # `-W error`).
+            if not hasattr(outcome, "force_exception"):
+                raise
+            outcome.force_exception(failure)
 
 
 @pytest.fixture
