@@ -341,6 +341,7 @@ impl Summary {
         fn acc(to: &mut u64, c: &Counter) {
             *to = to.wrapping_add(c.get());
         }
+        let (mut live_all, mut held_all) = (0u64, 0u64);
         for d in 0..DOMAINS {
             for s in 0..SLOTS {
                 acc(&mut self.allocs[d][s], &c.allocs[d][s]);
@@ -359,9 +360,9 @@ impl Summary {
             // A reader samples too: peaks never lag the figures it reports.
             let (held, peak) = (c.held(d), c.peak[d].get());
             self.peak[d] = self.peak[d].wrapping_add((held as i64).max(peak as i64) as u64);
+            live_all = live_all.wrapping_add(c.live(d));
+            held_all = held_all.wrapping_add(held);
         }
-        let live_all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(c.live(d)));
-        let held_all = (0..DOMAINS).fold(0u64, |a, d| a.wrapping_add(c.held(d)));
         let peak_all = c.peak_all.get();
         self.live_all = self.live_all.wrapping_add(live_all);
         self.peak_all = self

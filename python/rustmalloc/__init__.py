@@ -13,6 +13,14 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type che
 
 from . import _rustmalloc as _ext
 
+#: The allocator domains, in CPython's order (PYMEM_DOMAIN_RAW, _MEM, _OBJ).
+from ._env import DOMAINS as DOMAINS
+
+# The sets of domains install() and RUSTMALLOC accept. MEM and OBJ go together: with only one
+# replaced, a block freed through the other domain's function (which pymalloc tolerates) would
+# reach pymalloc, and from there libc's free().
+from ._env import SETS as _ACCEPTED
+
 if TYPE_CHECKING:  # at run time these load on first use (below): `import rustmalloc` stays
     # cheap, which matters because the startup hook imports it in every interpreter.
     from typing import Iterable, Union
@@ -80,12 +88,6 @@ __all__ = [
     "trim",
 ]
 
-#: The allocator domains, in CPython's order (PYMEM_DOMAIN_RAW, _MEM, _OBJ).
-DOMAINS = ("raw", "mem", "obj")
-
-# MEM and OBJ go together: with only one replaced, a block freed through the other domain's
-# function (which pymalloc tolerates) would reach pymalloc, and from there libc's free().
-_ACCEPTED = (frozenset({"raw"}), frozenset({"mem", "obj"}), frozenset(DOMAINS))
 
 
 def _domain_mask(domains: "Union[str, Iterable[str]]") -> int:
@@ -200,7 +202,7 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: Unio
         mode = _check_from_environment()
     if mask & ~have == 0:
         return
-    if not _ext._installed_mask() and any(k.startswith("RUSTMALLOC_") for k in _environ()):
+    if not have and any(k.startswith("RUSTMALLOC_") for k in _environ()):
         from ._config import configure_from_environment
 
         configure_from_environment()

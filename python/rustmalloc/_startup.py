@@ -86,12 +86,13 @@ def start() -> None:
     global outcome
     value = os.environ.get("RUSTMALLOC", "")
     check = os.environ.get("RUSTMALLOC_CHECK", "")
-    if parse_check(check) is None:
+    mode = parse_check(check)
+    if mode is None:
         outcome = "invalid"
         _warn(f"ignoring RUSTMALLOC_CHECK={check!r}: {CHECK_HELP}; running on CPython's default "
               "allocators")
         return
-    if not value.strip() and parse_check(check):
+    if not value.strip() and mode:
         value = "1"  # RUSTMALLOC_CHECK=1 alone: install all domains in the checking mode
     print_report = os.environ.pop("RUSTMALLOC_STATS", "").strip() not in _OFF
     json_path = os.environ.pop("RUSTMALLOC_STATS_JSON", "") or None
