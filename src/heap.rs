@@ -59,7 +59,8 @@ pub struct PageQueue {
 /// slow path's first loop stops at it and hands over to `alloc_small_slower`, which walks
 /// through `first_page`.
 struct EmptyPage(core::cell::UnsafeCell<Page>);
-// SAFETY: nothing ever writes to it; everyone only reads its `free` (null).
+// SAFETY: nothing ever writes to it; readers read its fields (`free` null, `capacity <
+// reserved`, an empty `next`), all constant.
 unsafe impl Sync for EmptyPage {}
 static EMPTY_PAGE: EmptyPage = EmptyPage(core::cell::UnsafeCell::new(Page {
     reserved: 1,
@@ -422,9 +423,9 @@ pub unsafe fn alloc_zeroed(h: *mut Heap, n: usize, size: usize, domain: usize) -
 /// frame of their own.
 ///
 /// Where most slow allocations end: the queue's first page ran out and a page behind it has
-/// free blocks. Pages that ran out leave the queue (marked full) until this finds one to pop
-/// from; anything else (remote frees to collect, a purge or trim due, carving, purged blocks,
-/// a new page) is `alloc_small_slower`'s. Nothing here can panic.
+/// free blocks, or room left to carve. Pages that ran out leave the queue (marked full) until
+/// this finds one to pop from; anything else (remote frees to collect, a purge or trim due,
+/// purged blocks, a new page) is `alloc_small_slower`'s. Nothing here can panic.
 ///
 /// # Safety
 /// The caller is `h`'s owner; `class < NUM_CLASSES`, `domain < DOMAINS`.
@@ -663,8 +664,12 @@ unsafe fn release_before_failing(h: *mut Heap, size: usize) -> bool {
     if !crate::os::could_ever_map(size) {
         return false;
     }
-    let here = purge(h, Mode::Trim);
-    here + crate::release_elsewhere(h) > 0
+    let here = purge(h, Mode::Release);
+    let elsewhere = crate::release_elsewhere(h);
+    // The pass just made is this heap's share of the trim `release_elsewhere` asked every heap
+    // for: it must not make a `Mode::Trim` pass of its own on its next slow path.
+    (*h).trim_epoch_seen = purge::TRIM_EPOCH.load(core::sync::atomic::Ordering::Relaxed);
+    here + elsewhere > 0
 }
 
 /// Take `count` contiguous free pages for a page of `kind` from one of the heap's segments,
@@ -1176,13 +1181,22 @@ pub unsafe extern "C" fn page_became_free_or_unfull(h: *mut Heap, page: *mut Pag
             rejoin_queue(h, page);
         }
         if (*page).used == 0 && !sole_page(h, page) {
-            queue_remove(page_queue(h, page), page);
-            let (d, c) = ((*page).domain as usize, (*page).class as usize);
-            (*h).counters.pages[d][c].sub(1);
-            (*h).counters.carved[d][c].sub((*page).capacity as u64);
-            release_pages(h, page);
+            release_empty_page(h, page_queue(h, page), page);
         }
     })
+}
+
+/// Take `page`, a small page of `h` in queue `q` holding no live block, out of the queue and
+/// give it back to its segment.
+///
+/// # Safety
+/// The caller is `h`'s owner; `(*page).used == 0`, with no remote free pending on it.
+unsafe fn release_empty_page(h: *mut Heap, q: PageQueue, page: *mut Page) {
+    queue_remove(q, page);
+    let (d, c) = ((*page).domain as usize, (*page).class as usize);
+    (*h).counters.pages[d][c].sub(1);
+    (*h).counters.carved[d][c].sub((*page).capacity as u64);
+    release_pages(h, page);
 }
 
 /// Give a page (or a large span) back to its segment. An empty segment stays mapped: purge
@@ -1289,8 +1303,9 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
     })
 }
 
-/// Whether `p`, a pointer into our segments, is the start of a live block (small, large or
-/// huge) rather than a pointer inside one. Reads only our own metadata.
+/// Whether `p`, a pointer into our segments, is where a block (small, large or huge) starts
+/// rather than a pointer inside one. A small block's start counts whether the block is live or
+/// free (the free lists are not walked). Reads only our own metadata.
 ///
 /// # Safety
 /// `segment_map::owns(p)`.
@@ -1304,7 +1319,8 @@ pub unsafe fn is_block_start(p: *const u8) -> bool {
     match (*page).kind {
         PageKind::Small => {
             let bs = (*page).block_size as usize;
-            off % bs == 0 && off / bs < (*page).capacity as usize
+            // `bs` is 0 only for a page being set up (a pointer no one holds yet): no start.
+            bs != 0 && off % bs == 0 && off / bs < (*page).capacity as usize
         }
         PageKind::Large => off == 0,
         PageKind::Free => false,
@@ -1471,8 +1487,18 @@ unsafe fn maybe_purge(h: *mut Heap) {
     use core::sync::atomic::Ordering::Relaxed;
     let epoch = purge::TRIM_EPOCH.load(Relaxed);
     if epoch != (*h).trim_epoch_seen {
+        // A `trim()` since this heap last looked gives back everything; a refused allocation's
+        // call for memory leaves each queue its page (see `Mode::Release`).
+        let program_asked = purge::USER_TRIM_EPOCH.load(Relaxed) > (*h).trim_epoch_seen;
         (*h).trim_epoch_seen = epoch;
-        purge(h, Mode::Trim);
+        purge(
+            h,
+            if program_asked {
+                Mode::Trim
+            } else {
+                Mode::Release
+            },
+        );
         return;
     }
     if (*h).purge_countdown > 0 {
@@ -1606,25 +1632,33 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     let now = purge::now_ms();
     let age = match mode {
         Mode::Auto => purge::delay_in_force((*h).purge_delay_ms),
-        Mode::Trim => 0,
+        Mode::Trim | Mode::Release => 0,
     };
     // What an automatic pass gives back is stamped with its time: taken again soon, that is a
     // refault. A trim's is stamped "long ago": taking it again was asked for.
     let stamp = match mode {
         Mode::Auto => now,
-        Mode::Trim => 0,
+        Mode::Trim | Mode::Release => 0,
     };
     // Free OS pages inside partly used pages.
     for i in 0..DOMAINS * QUEUE_STRIDE {
         let q = queue_at(h, i);
         let mut page = first_page(q);
+        // The empty page a queue keeps (see `sole_page`) goes back on a trim, so that a heap with
+        // nothing live keeps no segment. (`collect_remote` above ran: `used == 0` means no free
+        // is pending on it.) An automatic pass leaves it: the class was in use lately; so does
+        // the pass before a failing allocation (see `Mode::Release`).
+        if mode == Mode::Trim && !page.is_null() && (*page).used == 0 && sole_page(h, page) {
+            release_empty_page(h, q, page);
+            continue;
+        }
         if mode == Mode::Auto && !page.is_null() {
             page = (*page).next; // the page being allocated from keeps its blocks
         }
         while !page.is_null() {
             let per_os_page = (ps / (*page).block_size as usize).max(1) as u32;
             let fresh = free_blocks(page).saturating_sub((*page).free_at_purge as u32);
-            if mode == Mode::Trim || fresh >= per_os_page {
+            if mode != Mode::Auto || fresh >= per_os_page {
                 bytes += purge_page(page, stamp);
             }
             page = (*page).next;

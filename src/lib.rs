@@ -269,9 +269,9 @@ pub unsafe fn idle_tick() -> Option<u64> {
 /// `h` is the caller's heap, as for `heap::alloc`.
 pub(crate) unsafe fn release_elsewhere(h: *mut Heap) -> usize {
     if h == gil_heap() {
-        raw_heap::trim()
+        raw_heap::trim_as(purge::Mode::Release)
     } else {
-        raw_heap::trim_abandoned(false)
+        raw_heap::trim_abandoned(false, false)
     }
 }
 

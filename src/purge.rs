@@ -51,8 +51,12 @@ pub static RETAIN_BYTES: AtomicU64 = AtomicU64::new(4 << 20);
 pub static ENABLED: AtomicBool = AtomicBool::new(true);
 /// The idle purger on or off (see the module doc; `configure(idle_purge=...)`).
 pub static IDLE_PURGE: AtomicBool = AtomicBool::new(true);
-/// Bumped by `trim()`: a heap that sees a new value purges on its next slow path.
+/// Bumped by `trim()`, and by an allocation the OS refused: a heap that sees a new value purges
+/// on its next slow path.
 pub static TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
+/// The last `TRIM_EPOCH` a `trim()` of the program's set (the others are a refused allocation's
+/// `Mode::Release`): a heap that has not seen it makes a `Mode::Trim` pass, else `Mode::Release`.
+pub static USER_TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Bytes given back by purge passes (decommitted or unmapped), for the statistics.
 pub static PURGED_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bytes of purged memory taken into use again (see `adapt_delay`), for the statistics.
@@ -129,8 +133,13 @@ pub fn now_ms() -> u64 {
 pub enum Mode {
     /// Keep `RETAIN_BYTES` of empty pages and a few empty segments.
     Auto,
-    /// Return everything that can be returned now.
+    /// Return everything that can be returned now (`trim()`).
     Trim,
+    /// `Trim`, but each queue keeps its empty page (the one allocation goes on from): the pass an
+    /// allocation the OS refused makes before it tries once more, and asks every heap for. Giving those pages back there
+    /// let the failing request take their room, and the program could then not allocate even a
+    /// small object of its other classes (to handle the MemoryError).
+    Release,
 }
 
 /// The policy's settings: (automatic purging on, delay in ms, bytes retained per heap).

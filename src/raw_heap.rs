@@ -532,14 +532,22 @@ pub fn for_each_counters(mut f: impl FnMut(&Counters)) {
 /// calling thread's own; ask every other live heap to purge on its next slow path. Returns the
 /// bytes given back by the heaps purged here.
 pub fn trim() -> usize {
-    use crate::purge::{Mode, TRIM_EPOCH};
-    let mut bytes = trim_abandoned(true); // bumps the epoch first: our own heap is purged below
+    trim_as(crate::purge::Mode::Trim)
+}
+
+/// `trim`, with the calling thread's own heap purged in `own` mode (`Mode::Release` when
+/// an allocation of this thread is about to fail: see there).
+pub fn trim_as(own: crate::purge::Mode) -> usize {
+    use crate::purge::TRIM_EPOCH;
+    // Bumps the epoch first (our own heap is purged below); a trim of the program's own asks
+    // every heap for a `Mode::Trim` pass.
+    let mut bytes = trim_abandoned(true, own == crate::purge::Mode::Trim);
     let mine = thread_heap();
     if mine as usize > DEAD as usize {
         // SAFETY: our own heap; `with_heap` marks it busy for fork safety.
         bytes += with_heap(|h| unsafe {
             (*h).trim_epoch_seen = TRIM_EPOCH.load(Relaxed);
-            heap::purge(h, Mode::Trim)
+            heap::purge(h, own)
         })
         .unwrap_or(0);
     }
@@ -549,9 +557,12 @@ pub fn trim() -> usize {
 /// Purge every abandoned heap now (adopting each for the duration), and the fallback heap if
 /// `with_fallback_heap` (never from inside the fallback heap: its lock is not reentrant); ask
 /// every live heap to purge on its next slow path. Returns the bytes given back.
-pub fn trim_abandoned(with_fallback_heap: bool) -> usize {
-    use crate::purge::{Mode, TRIM_EPOCH};
-    TRIM_EPOCH.fetch_add(1, Relaxed);
+pub fn trim_abandoned(with_fallback_heap: bool, asked_by_program: bool) -> usize {
+    use crate::purge::{Mode, TRIM_EPOCH, USER_TRIM_EPOCH};
+    let epoch = TRIM_EPOCH.fetch_add(1, Relaxed) + 1;
+    if asked_by_program {
+        USER_TRIM_EPOCH.fetch_max(epoch, Relaxed);
+    }
     let mut bytes = 0;
     // SAFETY: an adopted heap is ours for the call.
     for_each_abandoned(|h| bytes += unsafe { heap::purge(h, Mode::Trim) });

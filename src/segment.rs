@@ -126,8 +126,8 @@ pub struct SegmentHeader {
 }
 
 /// One page's descriptor. Invariant of a small page:
-/// `used + |free list| == capacity <= reserved`, with `capacity` blocks carved so far from
-/// `start` and the rest untouched; `used` counts blocks handed out and not yet freed locally
+/// `used + |free list| + purged_blocks == capacity <= reserved`, with `capacity` blocks carved
+/// so far from `start`; `used` counts blocks handed out and not yet freed locally
 /// (a block freed remotely stays in `used` until its owner collects it).
 #[repr(C)]
 pub struct Page {
@@ -586,8 +586,9 @@ fn os_pages_per_page() -> usize {
     PAGE_SIZE / os::page_size()
 }
 
-/// Give back the OS pages of a small page that hold only free blocks (or never-carved space),
-/// cutting those blocks out of its free list first — the list is linked through the blocks, so
+/// Give back the OS pages of a small page that hold only blocks of its free list (an OS page
+/// partly or wholly past the carved blocks is not given back: on a page taken from memory used
+/// before, that rest stays resident while the page lives), cutting those blocks out of its free list first — the list is linked through the blocks, so
 /// a link left in a purged OS page would read as zero afterwards. Returns the bytes given back;
 /// if any, the page's time becomes `stamp` (see `TouchTimes`).
 ///
@@ -781,7 +782,8 @@ static CARVE_BLOCKS: [u16; crate::size_class::NUM_CLASSES] = {
 };
 
 /// Carve more untouched blocks of a small page into its free list: `CARVE_BLOCKS` of its class
-/// at a time, so a page's memory is touched only as it is used. Returns how many (0: all carved).
+/// at a time, so a fresh page's memory is touched only as it is used (a page taken from memory
+/// used before is resident already). Returns how many (0: all carved).
 ///
 /// # Safety
 /// `page` is a small page with an empty free list, owned by the caller.

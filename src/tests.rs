@@ -1514,3 +1514,54 @@ fn peaks_follow_blocks_other_threads_free() {
     }
     assert!(after[RAW].peak_bytes_in_use - before[RAW].bytes_in_use >= 8 << 20);
 }
+
+/// The segments on a heap's list of all its segments.
+unsafe fn segments_of(h: *mut heap::Heap) -> usize {
+    let mut n = 0;
+    let mut s = (*h).all_segments;
+    while !s.is_null() {
+        n += 1;
+        s = (*s).all.next;
+    }
+    n
+}
+
+/// A trim gives back everything a heap with no live block holds: also the empty page each
+/// queue keeps (see `heap::sole_page`), which pinned its segment. Without it, one block of
+/// every class, all freed, left 2 segments mapped after the trim (found by a review).
+#[test]
+fn trim_gives_back_the_empty_page_each_queue_keeps_and_its_segment() {
+    let _g = serial();
+    let h = private_heap();
+    unsafe {
+        for domain in [MEM, OBJ] {
+            let v: Vec<*mut u8> = (0..crate::size_class::NUM_CLASSES)
+                .map(|c| heap::alloc(h, crate::size_class::BLOCK_SIZES[c] as usize, domain))
+                .collect();
+            assert!(v.iter().all(|p| !p.is_null()));
+            for p in v {
+                heap::free(h, p);
+            }
+        }
+        assert!(segments_of(h) > 0);
+        // An automatic pass keeps them: the classes were in use a moment ago. So does the pass a
+        // refused allocation makes (the program must still be able to allocate its classes'
+        // small objects after a MemoryError: tests/test_memory_limits.py failed without this).
+        heap::purge(h, purge::Mode::Auto);
+        assert!(segments_of(h) > 0);
+        heap::purge(h, purge::Mode::Release);
+        assert!(segments_of(h) > 0);
+        heap::purge(h, purge::Mode::Trim);
+        heap::check_invariants(h);
+        assert_eq!(
+            segments_of(h),
+            0,
+            "segments left mapped by a trim of a heap with no live block"
+        );
+        // The queues still serve: the next allocation of each class takes a new page.
+        let p = heap::alloc(h, 48, OBJ);
+        assert!(!p.is_null());
+        heap::free(h, p);
+        heap::check_invariants(h);
+    }
+}
