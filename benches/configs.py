@@ -111,10 +111,66 @@ def other_build_pythonpath(pythonpath: Optional[str] = None) -> str:
     return os.pathsep.join(filter(None, [other, pythonpath]))
 
 
-def worker_env(config: Config, base: Optional[Dict[str, str]] = None, callgrind: bool = False) -> Dict[str, str]:
+#: Variables that choose the allocator, or put hooks or debug checks around it, in a worker:
+#: every configuration starts without them and sets its own. (``RUSTMALLOC`` or
+#: ``RUSTMALLOC_CHECK`` left set would make every configuration rustmalloc, through the startup
+#: hook; ``PYTHONDEVMODE`` would make pymalloc pymalloc_debug.) The ``RUSTMALLOC_*`` tuning
+#: variables (purge delay, retained bytes, idle purger) are kept: runs set them on purpose, and
+#: ``tuning_env`` records them.
+ALLOCATOR_VARS = (
+    "PYTHONMALLOC", "LD_PRELOAD", "RMBENCH_INSTALL", "PYTHONTRACEMALLOC", "PYTHONDEVMODE", "PYTHONMALLOCSTATS",
+    "RUSTMALLOC", "RUSTMALLOC_CHECK", "RUSTMALLOC_STATS",
+)
+
+
+def clean_env(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """``base`` (default: this process's environment) without ``ALLOCATOR_VARS``."""
     env = dict(os.environ if base is None else base)
-    for var in ("PYTHONMALLOC", "LD_PRELOAD", "RMBENCH_INSTALL", "RUSTMALLOC", "PYTHONTRACEMALLOC"):
+    for var in ALLOCATOR_VARS:
         env.pop(var, None)
+    return env
+
+
+def tuning_env(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The ``RUSTMALLOC_*`` settings a run passes on to its rustmalloc workers."""
+    env = os.environ if base is None else base
+    return {k: v for k, v in sorted(env.items()) if k.startswith("RUSTMALLOC_") and k not in ALLOCATOR_VARS}
+
+
+def state_problem(state: dict, env: Dict[str, str]) -> Optional[str]:
+    """What is wrong with a worker's ``allocator_state()`` (``worker.py``) for the configuration
+    its environment ``env`` asks for, or None. rustmalloc installed by the worker
+    (``RMBENCH_INSTALL``: install, check, forward) or at startup (``RUSTMALLOC=1``): all three
+    domains, in the mode asked for; otherwise CPython's ``PYTHONMALLOC`` (pymalloc when unset),
+    no rustmalloc, and the ``LD_PRELOAD``ed library mapped, or no other malloc library when none
+    is."""
+    install = env.get("RMBENCH_INSTALL") or ("install" if env.get("RUSTMALLOC") == "1" else None)
+    served = state["rustmalloc_installed"]
+    if install:
+        want_check = 1 if install == "check" else 0
+        want_forward = install == "forward"
+        if served != ["raw", "mem", "obj"] or state["cpython_allocator"] is not None:
+            return f"rustmalloc {install}: rustmalloc serves {served or 'nothing'}, CPython's allocator is {state['cpython_allocator']}"
+        if state.get("check_mode") != want_check or state.get("forward_only") != want_forward:
+            return (f"rustmalloc {install}: the checking mode is {state.get('check_mode')} and forward-only "
+                    f"{state.get('forward_only')}; expected {want_check} and {want_forward}")
+        return None
+    want = env.get("PYTHONMALLOC") or "pymalloc"
+    if served or state["cpython_allocator"] != want:
+        return f"expected CPython's {want} alone; it is {state['cpython_allocator']}, rustmalloc serves {served or 'nothing'}"
+    others = [lib for lib in state["malloc_libraries"] if lib.startswith(("libjemalloc", "libtcmalloc", "libmimalloc"))]
+    # valgrind puts its own libraries in the guest's LD_PRELOAD: only the configuration's count.
+    preloads = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if "vgpreload" not in p]
+    for preload in preloads:
+        if os.path.basename(os.path.realpath(preload)) not in state["malloc_libraries"]:
+            return f"{preload} is not mapped (mapped: {', '.join(state['malloc_libraries']) or 'none'})"
+    if not preloads and others:
+        return f"no library preloaded, yet {', '.join(others)} is mapped"
+    return None
+
+
+def worker_env(config: Config, base: Optional[Dict[str, str]] = None, callgrind: bool = False) -> Dict[str, str]:
+    env = clean_env(base)
     env.update(config.env)
     if config.install:
         env["RMBENCH_INSTALL"] = config.install

@@ -56,10 +56,16 @@ def describe(python: str) -> Dict[str, str]:
         "load average at start": load_average(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    rev = _run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"])
+    # The build measured is the one installed in `python`, which records the commit it was built
+    # from (`build.rs`); the checkout's commit is named only where it differs.
+    build = _run([python, "-c", "from rustmalloc import _rustmalloc; print(_rustmalloc.BUILD)"]) or "unknown"
+    info["rustmalloc"] = f"build {build} (installed in {python})"
+    rev = _run(["git", "-C", HERE, "rev-parse", "--short=12", "HEAD"])
     if rev:
         dirty = _run(["git", "-C", HERE, "status", "--porcelain", "--untracked-files=no"])
-        info["rustmalloc"] = f"git {rev}" + (" (uncommitted changes)" if dirty else "")
+        checkout = rev + ("+dirty" if dirty else "")
+        if checkout != build:
+            info["rustmalloc"] += f"; NOT the checkout's commit ({checkout}): reinstall with `pip install .` to measure it"
     versions = []
     for pkg in ("libjemalloc2", "libtcmalloc-minimal4", "libmimalloc2.0"):
         v = _run(["dpkg-query", "-W", "-f", "${Version}", pkg])

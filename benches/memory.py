@@ -33,7 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from configs import other_build_pythonpath  # noqa: E402
+from configs import clean_env, other_build_pythonpath  # noqa: E402
 
 PRELOADS = {
     "jemalloc": ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"],
@@ -41,7 +41,7 @@ PRELOADS = {
 }
 
 WORKER = r'''
-import gc, json, random, sys, time
+import gc, json, os, random, sys, time
 config, scenario, arg = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if config.startswith("rustmalloc"):
     import rustmalloc
@@ -114,6 +114,13 @@ elif scenario == "lists":
     out["grown"] = rss_mb() - before
     out["lists"] = len(data)
 out["peak"] = peak_mb()
+# Last, so that its imports are in no figure: the allocator is the one the configuration names.
+sys.path.insert(0, sys.argv[-1])
+from worker import allocator_state
+from configs import state_problem
+problem = state_problem(allocator_state(), dict(os.environ))
+if problem:
+    sys.exit(f"wrong allocator state: {problem}")
 print(json.dumps(out))
 '''
 
@@ -141,10 +148,11 @@ SAME_AS_RUSTMALLOC = ("rustmalloc+trim", "rustmalloc-noidle")
 
 
 def run(config, env_extra, *args):
-    env = dict(os.environ)
-    env.pop("RUSTMALLOC", None)
+    env = clean_env()
     env.update(env_extra)
-    proc = subprocess.run([sys.executable, "-c", WORKER, config, *map(str, args)], capture_output=True,
+    if config.startswith("rustmalloc"):
+        env["RMBENCH_INSTALL"] = "install"  # what the worker does, for state_problem to check
+    proc = subprocess.run([sys.executable, "-c", WORKER, config, *map(str, args), HERE], capture_output=True,
                           text=True, env=env, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{config} {args} failed:\n{proc.stderr}")

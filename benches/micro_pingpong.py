@@ -59,15 +59,12 @@ def worker(quick: bool) -> int:
     import micro
     from rustmalloc._rustmalloc import _bench
 
-    # Refuse to measure the wrong allocator: the preloaded library must be mapped, rustmalloc
-    # installed in all three domains when asked for.
-    state = _installs_first.allocator_state()
-    preload = os.environ.get("LD_PRELOAD")
-    if preload and os.path.basename(os.path.realpath(preload)) not in state["malloc_libraries"]:
-        print(f"error: {preload} is not mapped", flush=True)
-        return 1
-    if os.environ.get("RMBENCH_INSTALL") and len(state["rustmalloc_installed"]) != 3:
-        print(f"error: rustmalloc serves {state['rustmalloc_installed']}", flush=True)
+    # Refuse to measure the wrong allocator (``configs.state_problem``).
+    from configs import state_problem
+
+    problem = state_problem(_installs_first.allocator_state(), dict(os.environ))
+    if problem:
+        print(f"error: wrong allocator state: {problem}", flush=True)
         return 1
     specs = {b.name: b for b in micro.benches(quick)}
     print("ready", flush=True)
@@ -120,11 +117,19 @@ def measure(python: str, name: str, envs: List[dict], processes: int, pairs: int
     ns: List[List[float]] = [[], []]
     faults = [0.0, 0.0]
     for p in range(processes):
-        workers = [Worker(python, env, cpu, quick) for env in envs]
+        # Which configuration's worker starts and warms up first alternates by process, as in
+        # ``pyperformance_pingpong.measure``: an effect of going first then spreads the pairs
+        # instead of biasing them.
+        first = (0, 1) if p % 2 == 0 else (1, 0)
+        workers: List[Worker] = []
         try:
-            for w in workers:
+            for k in first:
+                workers.append(Worker(python, envs[k], cpu, quick))
+            if first[0] == 1:
+                workers.reverse()
+            for k in first:
                 for _ in range(warmups):
-                    w.run(name)
+                    workers[k].run(name)
             mine = []
             for i in range(pairs):
                 t = [0.0, 0.0]

@@ -56,7 +56,9 @@ mkdir -p "$work"
 cd "$work"
 
 pyperformance() {
-    env -u RUSTMALLOC -u PYTHONMALLOC "$@"
+    # No allocator choice of the caller's leaks into a configuration (as `configs.ALLOCATOR_VARS`).
+    env -u RUSTMALLOC -u RUSTMALLOC_CHECK -u RUSTMALLOC_STATS -u PYTHONMALLOC -u LD_PRELOAD -u PYTHONDEVMODE \
+        -u PYTHONMALLOCSTATS -u PYTHONTRACEMALLOC "$@"
 }
 
 echo "== pyperformance's venv for $python"

@@ -33,7 +33,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from configs import all_configs  # noqa: E402
-from pyperformance_callgrind import pyperformance_setup, tasks_of  # noqa: E402
+from pyperformance_callgrind import check_envs, pyperformance_setup, tasks_of  # noqa: E402
 from pyperformance_pingpong import find_script  # noqa: E402
 
 CONFIGS = {
@@ -70,6 +70,7 @@ def main() -> int:
         if c not in CONFIGS:
             raise SystemExit(f"--configs: unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
     python, scripts, base = pyperformance_setup(a.venv)
+    check_envs(python, {c: dict(base, **CONFIGS[c]) for c in configs})
     script, extra = find_script(scripts, a.benchmark)
     task = a.task
     if task is None:

@@ -109,8 +109,30 @@ def pyperformance_setup(venv: str | None) -> Tuple[str, Dict[str, Tuple[str, Lis
     import pyperformance  # the benchmarks' sources ship with it
 
     scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
-    env = {k: v for k, v in os.environ.items() if k not in ("RUSTMALLOC", "PYTHONMALLOC", "RUSTMALLOC_PURGE_DELAY_MS")}
+    from configs import clean_env
+
+    env = clean_env()
+    env.pop("RUSTMALLOC_PURGE_DELAY_MS", None)  # the configurations set it where they want it
     return os.path.join(venvs[0], "bin", "python"), scripts, env
+
+
+#: Run in the venv's interpreter under a configuration's environment: what allocator serves it,
+#: judged by ``configs.state_problem``.
+_STATE_PROBE = (
+    "import os, sys; sys.path.insert(0, {here!r}); from worker import allocator_state; "
+    "from configs import state_problem; p = state_problem(allocator_state(), dict(os.environ)); "
+    "print(p or 'ok'); sys.exit(1 if p else 0)"
+)
+
+
+def check_envs(python: str, envs: Dict[str, dict]) -> None:
+    """Exit with the reason unless each configuration's environment (name -> env) gets the
+    allocator it names in a fresh interpreter of ``python`` (pyperformance's benchmark processes
+    cannot check it themselves)."""
+    for name, env in envs.items():
+        p = subprocess.run([python, "-c", _STATE_PROBE.format(here=HERE)], env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"{name}: wrong allocator state: {(p.stdout + p.stderr).strip()[-1500:]}")
 
 
 def worker_cmd(python: str, script: str, extra: List[str], loops: int, task: int, out: str) -> List[str]:
@@ -284,6 +306,7 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     python, scripts, base_env = pyperformance_setup(a.venv)
+    check_envs(python, {c: dict(base_env, **CONFIGS[c]) for c in configs})
     base_env.setdefault("PYTHONHASHSEED", CALLGRIND_HASH_SEED)
     results: Dict[str, Dict[str, float]] = {}
     geometry, options, keys = "", [], CACHE_KEYS

@@ -260,7 +260,7 @@ def table(results: Dict[str, Dict[str, float]], configs: List[str]) -> List[str]
 
 
 def main() -> int:
-    from pyperformance_callgrind import pyperformance_setup  # the parent only: the worker needs pyperf alone
+    from pyperformance_callgrind import check_envs, pyperformance_setup  # the parent only: the worker needs pyperf alone
     from pyperformance_ab import CONFIGS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,6 +286,7 @@ def main() -> int:
     cpu = None if a.cpu is not None and a.cpu < 0 else a.cpu
     python, scripts, base = pyperformance_setup(a.venv)
     envs = [dict(base, **CONFIGS[c]) for c in configs]
+    check_envs(python, dict(zip(configs, envs)))
     results, raw = {}, {}
     for name in a.benchmarks.split(","):
         script, extra = (os.path.abspath(a.script), []) if a.script else find_script(scripts, name)

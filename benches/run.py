@@ -286,6 +286,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "memory": {},
         "failures": [],
     }
+    tuning = cfgmod.tuning_env()
+    if tuning:  # passed on to the rustmalloc configurations: say so beside the figures
+        data["machine"]["rustmalloc settings"] = " ".join(f"{k}={v}" for k, v in tuning.items())
     runner = Runner(args, configs)
     t0 = time.perf_counter()
     if {"micro", "workloads"} & set(args.levels):
@@ -301,7 +304,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         json.dump(data, f, indent=1)  # insertion order is the tables' order
     report.write(data, args.out, charts=not args.no_charts)
     runner.log(f"done in {data['elapsed_s']} s: {os.path.join(args.out, 'results.md')}")
-    return 1 if runner.failures else 0
+    # A worker that failed (a crash, or a wrong allocator state: see `worker.checked_state`) or
+    # blocks that came back damaged make the run fail: its figures are not to be trusted.
+    wrong = report.Results(data).micro_errors()
+    for e in wrong:
+        runner.log(f"  WRONG DATA: {e}")
+    return 1 if runner.failures or wrong else 0
 
 
 if __name__ == "__main__":

@@ -48,14 +48,32 @@ def allocator_state() -> dict:
         name = "unknown"
     with open("/proc/self/maps") as maps:
         libs = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in maps if "malloc" in line and "/" in line})
-    from rustmalloc._rustmalloc import _bench
+    from rustmalloc import _rustmalloc as ext
 
     return {
         "cpython_allocator": name,
         "rustmalloc_installed": list(rustmalloc.installed()),
+        "check_mode": ext._check_mode_in_force(),
+        "forward_only": ext._forward_only_in_force(),
         "malloc_libraries": libs,
-        "bench_debug_build": bool(_bench.DEBUG_BUILD),
+        "bench_debug_build": bool(ext._bench.DEBUG_BUILD),
+        "rustmalloc_build": ext.BUILD,
     }
+
+
+def checked_state() -> dict:
+    """``allocator_state()``, after checking it is the configuration the environment asks for
+    (``configs.state_problem``); exits with status 3 and the reason if it is not, so that no
+    figure of the wrong allocator is ever kept."""
+    sys.path.insert(0, HERE)
+    from configs import state_problem
+
+    state = allocator_state()
+    problem = state_problem(state, dict(os.environ))
+    if problem:
+        print(f"wrong allocator state: {problem}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    return state
 
 
 def proc_status_kib(field: str) -> int:
@@ -153,14 +171,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workload")
     args = p.parse_args()
-    result = {"state": allocator_state()}
+    result = {"state": checked_state()}
     if args.command == "micro":
         result.update(cmd_micro(args))
     elif args.command == "workloads":
         result.update(cmd_workloads(args))
     elif args.command == "memory":
         result.update(cmd_memory(args))
-    result["state_after"] = allocator_state()
+    result["state_after"] = checked_state()
     with open(args.out, "w") as f:
         json.dump(result, f)
 

@@ -101,6 +101,8 @@ const CHURN_LEN: usize = 1 << 18;
 /// The smallest size a table holds (every block holds its tag word).
 const MIN_SIZE: usize = 16;
 const TAG_KEY: usize = 0x9E37_79B9_7F4A_7C15;
+/// The most blocks a batch or a churn window keeps live (their tables index with `u32`).
+const MAX_LIVE: usize = 1 << 24;
 
 /// SplitMix64: a small, good, seedable generator for the tables (never used while measuring).
 struct Rng(u64);
@@ -585,9 +587,14 @@ fn run(
     let pattern = parse_pattern(pattern)?;
     let (api, raw) = api(domain)?;
     let sizes = parse_sizes(sizes)?;
-    if batch == 0 || window == 0 || !(1..=64).contains(&threads) {
+    if !(1..=MAX_LIVE).contains(&batch) || !(1..=MAX_LIVE).contains(&window) {
+        return Err(PyValueError::new_err(format!(
+            "batch and window must be in 1..={MAX_LIVE} (the blocks a run keeps live)"
+        )));
+    }
+    if ops == 0 || !(1..=64).contains(&threads) {
         return Err(PyValueError::new_err(
-            "batch and window must be positive, threads in 1..=64",
+            "ops must be positive and threads in 1..=64",
         ));
     }
     if !raw && threads != 1 {

@@ -559,15 +559,15 @@ fn _install(py: Python<'_>, mask: u8, forward_only: bool, check: u8) -> PyResult
         )));
     }
     let have = INSTALLED.load(Acquire);
-    let todo = mask & !have;
-    if todo == 0 {
-        return Ok(());
-    }
     if have != 0 && forward_only != FORWARD_ONLY.load(Relaxed) {
         return Err(PyRuntimeError::new_err(
             "rustmalloc is already installed in the other mode (forwarding or allocating); \
              the mode is fixed by the first install() of the process",
         ));
+    }
+    let todo = mask & !have;
+    if todo == 0 {
+        return Ok(());
     }
     if have != 0 && check != crate::check::MODE.load(Relaxed) {
         return Err(PyRuntimeError::new_err(
@@ -754,6 +754,12 @@ fn _track_totals(_py: Python<'_>) -> (u64, u64, u64, u64, u64, u64) {
 #[pyfunction]
 fn _check_mode_in_force() -> u8 {
     crate::check::MODE.load(Relaxed)
+}
+
+/// Whether the hooks in force only forward to the previous allocator (`_install_forward_only`).
+#[pyfunction]
+fn _forward_only_in_force() -> bool {
+    FORWARD_ONLY.load(Relaxed)
 }
 
 /// Restart the per-domain peaks (`stats()`'s) from the current figures.
@@ -982,6 +988,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_track_totals, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_peak, m)?)?;
     m.add_function(wrap_pyfunction!(_check_mode_in_force, m)?)?;
+    m.add_function(wrap_pyfunction!(_forward_only_in_force, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_track_peak, m)?)?;
     m.add_function(wrap_pyfunction!(_trim, m)?)?;
     m.add_function(wrap_pyfunction!(_configure, m)?)?;
@@ -1000,5 +1007,7 @@ fn _rustmalloc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Built with the `valgrind` feature (memcheck client requests; see src/valgrind.rs).
     m.add("VALGRIND", cfg!(feature = "valgrind"))?;
     m.add("LARGE_MAX", crate::segment::LARGE_MAX)?;
+    // The commit the extension was built from (`build.rs`), "+dirty" with uncommitted changes.
+    m.add("BUILD", env!("RUSTMALLOC_BUILD"))?;
     Ok(())
 }

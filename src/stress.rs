@@ -282,14 +282,10 @@ struct Stress {
     /// Work left, in iterations (shared by all slots), when running by count.
     left: AtomicU64,
     deadline: Option<Instant>,
-    stop: AtomicBool,
 }
 
 impl Stress {
     fn more(&self) -> bool {
-        if self.stop.load(Relaxed) {
-            return false;
-        }
         match self.deadline {
             Some(d) => Instant::now() < d,
             None => self
@@ -410,7 +406,6 @@ fn run_stress(
         ops: AtomicU64::new(0),
         left: AtomicU64::new(iters.saturating_mul(threads as u64)),
         deadline: (seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(seconds)),
-        stop: AtomicBool::new(false),
     });
     let spawn = |t: usize, generation: u64| {
         let s = s.clone();
@@ -443,7 +438,7 @@ fn run_stress(
             if slots[t].take().unwrap().join().is_err() {
                 s.errors.report(|| "a stress thread panicked".to_string());
             }
-            if lifetime != 0 && !s.stop.load(Relaxed) && s.more_peek() {
+            if lifetime != 0 && s.more_peek() {
                 generation += 1;
                 if let Ok(h) = spawn(t, generation) {
                     slots[t] = Some(h);
@@ -503,8 +498,10 @@ fn _stress_raw(
 /// pthread keys whose destructor frees and allocates RAW blocks (`_stress_make_tls_key`), each
 /// stored + 1 (0: none).
 static KEYS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
-/// The churn run's errors, for the destructors (which get only their value).
+/// The churn run's errors, for the destructors (which get only their value). One run at a time
+/// (`CHURN_RUNNING`): a second, concurrent run would replace the first's sink.
 static TLS_ERRORS: Mutex<Option<Arc<Errors>>> = Mutex::new(None);
+static CHURN_RUNNING: AtomicBool = AtomicBool::new(false);
 
 fn tls_report(msg: impl FnOnce() -> String) {
     if let Some(e) = TLS_ERRORS
@@ -600,6 +597,7 @@ fn short_worker(e: &Errors, i: u64, handed: &Mutex<Vec<Option<Blk>>>) {
             continue;
         }
         let Some(b) = alloc(e, 100 + (i % 3000) as usize, false, (i << 20) | 1000) else {
+            raw_free(holder); // the failure is reported; the holder goes back
             continue;
         };
         // SAFETY: `holder` is a fresh block large enough for a `Blk`; RAW blocks are 16-aligned.
@@ -624,6 +622,11 @@ fn _stress_thread_churn(
     if batch == 0 || batch > 4096 {
         return Err(pyo3::exceptions::PyValueError::new_err(
             "batch must be in 1..=4096",
+        ));
+    }
+    if CHURN_RUNNING.swap(true, AcqRel) {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "_stress_thread_churn is already running on another thread; run one at a time",
         ));
     }
     Ok(py.detach(move || {
@@ -659,6 +662,7 @@ fn _stress_thread_churn(
             start += n;
         }
         *TLS_ERRORS.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        CHURN_RUNNING.store(false, Release);
         let (n, first) = e.result();
         (total, n, first)
     }))

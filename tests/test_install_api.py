@@ -192,6 +192,42 @@ def test_partial_install_routes_domains():
     """)
 
 
+def test_forward_only_hooks_forward_and_their_mode_is_fixed():
+    """The benchmarks' forward-only hooks (rustmalloc-fwd) own no block, and an install in the
+    other mode afterwards raises instead of returning silently with the hooks unchanged (found by
+    a review: the benchmark's forward-only configuration could have measured the allocator)."""
+    run_python("""
+        import rustmalloc
+        from rustmalloc._rustmalloc import owns, _forward_only_in_force
+        rustmalloc._install_forward_only()
+        check(rustmalloc.installed() == ("raw", "mem", "obj") and _forward_only_in_force())
+        for d in ("raw", "mem", "obj"):
+            x = DOMAINS[d].malloc(100)
+            check(x is not None and not owns(x), d)
+            DOMAINS[d].free(x)
+        for call in (rustmalloc.install, lambda: rustmalloc.install(("mem", "obj"))):
+            try:
+                call()
+            except RuntimeError as e:
+                check("already installed in the other mode" in str(e), str(e))
+            else:
+                raise AssertionError("install() after _install_forward_only() did not raise")
+        check(_forward_only_in_force())
+    """)
+    run_python("""
+        import rustmalloc
+        from rustmalloc._rustmalloc import _forward_only_in_force
+        rustmalloc.install()
+        try:
+            rustmalloc._install_forward_only()
+        except RuntimeError as e:
+            check("already installed in the other mode" in str(e), str(e))
+        else:
+            raise AssertionError("_install_forward_only() after install() did not raise")
+        check(not _forward_only_in_force())
+    """)
+
+
 def test_stats_snapshot_json_roundtrip_and_immutable():
     proc = run_python("""
         import rustmalloc

@@ -190,6 +190,11 @@ def _install(domains: Union[str, Iterable[str]], forward_only: bool, check: Unio
     mode = _check_mode(check)
     have = _ext._installed_mask()
     if have:
+        if forward_only != _ext._forward_only_in_force():
+            raise RuntimeError(
+                "rustmalloc is already installed in the other mode (forwarding or allocating); "
+                "the mode is fixed by the first install() of the process"
+            )
         in_force = _ext._check_mode_in_force()
         if mode is not None and mode != in_force and not forward_only:
             raise RuntimeError(
