@@ -151,7 +151,9 @@ def state_problem(state: dict, env: Dict[str, str]) -> Optional[str]:
         want_forward = install == "forward"
         if served != ["raw", "mem", "obj"] or state["cpython_allocator"] is not None:
             return f"rustmalloc {install}: rustmalloc serves {served or 'nothing'}, CPython's allocator is {state['cpython_allocator']}"
-        if state.get("check_mode") != want_check or state.get("forward_only") != want_forward:
+        # None: a build older than the getter (cannot tell; its install call was still checked).
+        check, forward = state.get("check_mode"), state.get("forward_only")
+        if (check is not None and check != want_check) or (forward is not None and forward != want_forward):
             return (f"rustmalloc {install}: the checking mode is {state.get('check_mode')} and forward-only "
                     f"{state.get('forward_only')}; expected {want_check} and {want_forward}")
         return None

@@ -50,14 +50,20 @@ def allocator_state() -> dict:
         libs = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in maps if "malloc" in line and "/" in line})
     from rustmalloc import _rustmalloc as ext
 
+    def native(name: str):
+        """A getter of the extension, or None from a build older than it (the ping-pongs run
+        older builds unpacked: `rustmalloc-other`)."""
+        f = getattr(ext, name, None)
+        return f() if f else None
+
     return {
         "cpython_allocator": name,
         "rustmalloc_installed": list(rustmalloc.installed()),
-        "check_mode": ext._check_mode_in_force(),
-        "forward_only": ext._forward_only_in_force(),
+        "check_mode": native("_check_mode_in_force"),
+        "forward_only": native("_forward_only_in_force"),
         "malloc_libraries": libs,
         "bench_debug_build": bool(ext._bench.DEBUG_BUILD),
-        "rustmalloc_build": ext.BUILD,
+        "rustmalloc_build": getattr(ext, "BUILD", "older than its BUILD record"),
     }
 
 

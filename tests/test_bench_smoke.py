@@ -83,6 +83,8 @@ def test_state_problem_names_what_is_wrong():
     assert "checking mode is 1" in configs.state_problem(state(all3, check=1), {"RMBENCH_INSTALL": "install"})
     assert "forward-only True" in configs.state_problem(state(all3, forward=True), {"RMBENCH_INSTALL": "check"})
     assert configs.state_problem(state(all3, forward=True), {"RMBENCH_INSTALL": "forward"}) is None
+    # A build older than the mode getters (an unpacked `rustmalloc-other`) cannot tell its mode.
+    assert configs.state_problem(state(all3, check=None, forward=None), {"RMBENCH_INSTALL": "install"}) is None
     assert "serves ['raw']" in configs.state_problem(state(["raw"]), {"RMBENCH_INSTALL": "install"})
     assert configs.state_problem(state(cpython="pymalloc"), {}) is None
     assert "expected CPython's pymalloc alone" in configs.state_problem(state(all3), {})
