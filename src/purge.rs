@@ -135,10 +135,11 @@ pub enum Mode {
     Auto,
     /// Return everything that can be returned now (`trim()`).
     Trim,
-    /// `Trim`, but each queue keeps its empty page (the one allocation goes on from): the pass an
-    /// allocation the OS refused makes before it tries once more, and asks every heap for. Giving those pages back there
-    /// let the failing request take their room, and the program could then not allocate even a
-    /// small object of its other classes (to handle the MemoryError).
+    /// `Trim`, but each queue keeps its empty page (the one allocation goes on from): the pass
+    /// an allocation the OS refused makes before it tries once more, and asks every heap for.
+    /// Giving those pages back there let the failing request take their room, and the program
+    /// could then not allocate even a small object of its other classes (to handle the
+    /// MemoryError).
     Release,
 }
 
