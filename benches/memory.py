@@ -41,7 +41,7 @@ PRELOADS = {
 }
 
 WORKER = r'''
-import gc, json, os, random, sys, time
+import gc, json, random, sys, time
 config, scenario, arg = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if config.startswith("rustmalloc"):
     import rustmalloc
@@ -116,11 +116,8 @@ elif scenario == "lists":
 out["peak"] = peak_mb()
 # Last, so that its imports are in no figure: the allocator is the one the configuration names.
 sys.path.insert(0, sys.argv[-1])
-from worker import allocator_state
-from configs import state_problem
-problem = state_problem(allocator_state(), dict(os.environ))
-if problem:
-    sys.exit(f"wrong allocator state: {problem}")
+from worker import checked_state
+checked_state()  # exits with the reason if it is not
 print(json.dumps(out))
 '''
 

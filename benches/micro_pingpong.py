@@ -121,12 +121,10 @@ def measure(python: str, name: str, envs: List[dict], processes: int, pairs: int
         # ``pyperformance_pingpong.measure``: an effect of going first then spreads the pairs
         # instead of biasing them.
         first = (0, 1) if p % 2 == 0 else (1, 0)
-        workers: List[Worker] = []
+        workers: Dict[int, Worker] = {}
         try:
             for k in first:
-                workers.append(Worker(python, envs[k], cpu, quick))
-            if first[0] == 1:
-                workers.reverse()
+                workers[k] = Worker(python, envs[k], cpu, quick)
             for k in first:
                 for _ in range(warmups):
                     workers[k].run(name)
@@ -140,7 +138,7 @@ def measure(python: str, name: str, envs: List[dict], processes: int, pairs: int
                 mine.append(t[1] / t[0])
             ratios.append(mine)
         finally:
-            for w in workers:
+            for w in workers.values():
                 w.close()
     runs = processes * pairs
     return ratios, ns, [f / runs for f in faults]

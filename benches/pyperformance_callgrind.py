@@ -68,7 +68,7 @@ DEFAULT = (
     "raytrace,nbody,xml_etree,gc_traversal,async_tree,deepcopy"
 )
 sys.path.insert(0, HERE)
-from configs import CALLGRIND_HASH_SEED, CALLGRIND_PURGE_DELAY_MS  # noqa: E402  (why: see there)
+from configs import CALLGRIND_HASH_SEED, CALLGRIND_PURGE_DELAY_MS, clean_env  # noqa: E402  (why: see there)
 from report import geomean  # noqa: E402
 
 CONFIGS = {
@@ -109,20 +109,14 @@ def pyperformance_setup(venv: str | None) -> Tuple[str, Dict[str, Tuple[str, Lis
     import pyperformance  # the benchmarks' sources ship with it
 
     scripts = benchmark_scripts(os.path.join(os.path.dirname(pyperformance.__file__), "data-files", "benchmarks"))
-    from configs import clean_env
-
     env = clean_env()
     env.pop("RUSTMALLOC_PURGE_DELAY_MS", None)  # the configurations set it where they want it
     return os.path.join(venvs[0], "bin", "python"), scripts, env
 
 
-#: Run in the venv's interpreter under a configuration's environment: what allocator serves it,
-#: judged by ``configs.state_problem``.
-_STATE_PROBE = (
-    "import os, sys; sys.path.insert(0, {here!r}); from worker import allocator_state; "
-    "from configs import state_problem; p = state_problem(allocator_state(), dict(os.environ)); "
-    "print(p or 'ok'); sys.exit(1 if p else 0)"
-)
+#: Run in the venv's interpreter under a configuration's environment: ``worker.checked_state``
+#: exits with the reason if the allocator serving it is not the one the configuration names.
+_STATE_PROBE = "import sys; sys.path.insert(0, {here!r}); import worker; worker.checked_state()"
 
 
 def check_envs(python: str, envs: Dict[str, dict]) -> None:

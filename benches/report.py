@@ -394,18 +394,17 @@ def _state_check(config: str, st: dict) -> str:
     """What served the worker. Workers that record their checking mode (``check_mode``) checked
     it against their configuration before measuring (``configs.state_problem``) and exited
     without results if it was wrong; for older results the check is made here from the name."""
+    libs = [lib for lib in st["malloc_libraries"] if lib.startswith(("libjemalloc", "libtcmalloc", "libmimalloc"))]
     if "check_mode" in st:
         if st["rustmalloc_installed"]:
             mode = "forward only" if st["forward_only"] else f"checking mode {st['check_mode']}" if st["check_mode"] else "allocating"
             return f"ok: rustmalloc serves {'/'.join(st['rustmalloc_installed'])} ({mode}, build {st.get('rustmalloc_build', '?')})"
-        libs = [lib for lib in st["malloc_libraries"] if lib.startswith(("libjemalloc", "libtcmalloc", "libmimalloc"))]
         return f"ok: {st['cpython_allocator']}" + (f", {', '.join(libs)} mapped" if libs else "")
     want = {"pymalloc": "pymalloc", "glibc": "malloc"}.get(config, "malloc")
     if config.startswith(SUBJECT):  # rustmalloc, rustmalloc-check, rustmalloc-fwd
         ok = st["rustmalloc_installed"] == ["raw", "mem", "obj"] and st["cpython_allocator"] is None
         return ("ok: " if ok else "WRONG: ") + f"rustmalloc serves {'/'.join(st['rustmalloc_installed'])}"
     ok = st["cpython_allocator"] == want and not st["rustmalloc_installed"]
-    libs = [lib for lib in st["malloc_libraries"] if lib.startswith(("libjemalloc", "libtcmalloc", "libmimalloc"))]
     if config not in ("pymalloc", "glibc"):
         ok = ok and any(config in lib for lib in libs)
     return ("ok: " if ok else "WRONG: ") + f"{st['cpython_allocator']}" + (f", {', '.join(libs)} mapped" if libs else "")
