@@ -535,9 +535,24 @@ unsafe fn leave_queue_full(q: PageQueue, page: *mut Page) {
 /// # Safety
 /// The caller is `h`'s owner and `page` a small page of `h` with an empty free list.
 unsafe fn carve(h: *mut Heap, page: *mut Page) -> bool {
+    let before = (*page).capacity;
     let n = extend_free_list(page);
     (*h).counters.carved[(*page).domain as usize][(*page).class as usize].add(n as u64);
+    count_rest_refault(h, page, segment::rest_carved(page, before));
     n != 0
+}
+
+/// Count `bytes` of the rest of `page` (a small page or large span) that `segment::purge_rest`
+/// gave back, taken into use again.
+///
+/// # Safety
+/// The caller is `h`'s owner; `page` starts a small page or span of `h`.
+unsafe fn count_rest_refault(h: *mut Heap, page: *mut Page, bytes: usize) {
+    if bytes != 0 {
+        let t = segment::touch_times(segment_of(page as *const u8));
+        let purged_ms = (*t).page[segment::page_index(page)];
+        count_refault(h, bytes, purged_ms, purge::now_ms());
+    }
 }
 
 /// # Safety
@@ -1285,6 +1300,8 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 };
                 if fits || grown {
                     let rounded = segment::huge_rounded(size);
+                    let refaulted = segment::rest_resized(page, old_size, rounded, capacity);
+                    count_rest_refault(h, page, refaulted);
                     count_large_resize(h, (*page).domain as usize, old_size, rounded);
                     (*page).block_size = rounded as u32;
                     vg::resized_in_place(p, old_size, size);
@@ -1664,6 +1681,24 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
             page = (*page).next;
         }
     }
+    // Memory past the blocks of small pages and large spans taken from memory used before (a
+    // small page's uncarved rest and tail, a span's tail; `segment::purge_rest`), full pages'
+    // too. An automatic pass leaves the page each queue allocates from: its next blocks are
+    // carved from its rest.
+    let mut seg = (*h).all_segments;
+    while !seg.is_null() {
+        let mut pages = (*seg).rest_dirty;
+        while pages != 0 {
+            let page = segment::page_at(seg, pages.trailing_zeros() as usize);
+            pages &= pages - 1;
+            let (d, c) = ((*page).domain as usize, (*page).class as usize);
+            let allocating = (*page).kind == PageKind::Small && *queue(h, d, c).first == page;
+            if mode != Mode::Auto || !allocating {
+                bytes += segment::purge_rest(page, stamp);
+            }
+        }
+        seg = (*seg).all.next;
+    }
     // Empty pages, beyond what an automatic pass retains; empty segments beyond a few (all, on a
     // trim) are unmapped.
     let mut keep = if mode == Mode::Auto {
@@ -1789,6 +1824,24 @@ pub unsafe fn check_invariants(h: *mut Heap) {
     check_list((*h).all_segments, all_links, "all-segments list", |seg| {
         assert!((*seg).owner == h && (*seg).kind == SegmentKind::Pages);
         listed += (*seg).in_list as usize;
+        let (dirty, purged) = ((*seg).rest_dirty, (*seg).rest_purged);
+        assert_eq!(dirty & purged, 0, "a page's rest both dirty and purged");
+        for i in 0..segment::PAGES_PER_SEGMENT {
+            if (dirty | purged) & (1 << i) != 0 {
+                let page = segment::page_at(seg, i);
+                let kind = (*page).kind;
+                assert!(
+                    kind == PageKind::Small || kind == PageKind::Large && (*page).span != 0,
+                    "a rest bit on a page that starts no small page or span"
+                );
+                assert!(
+                    kind != PageKind::Small
+                        || purged & (1 << i) == 0
+                        || (*page).capacity < (*page).reserved,
+                    "rest purged on a page all carved"
+                );
+            }
+        }
     });
     assert_eq!(
         listed, seen,

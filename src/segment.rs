@@ -116,6 +116,15 @@ pub struct SegmentHeader {
     /// Bit i set: free page i was decommitted by a purge (taking it again faults it back in; the
     /// heap counts that, see `purge::adapt_delay`). Always within `free_pages & !dirty_pages`.
     pub purged_pages: u64,
+    /// Bit i set: the small page or large span starting at page i may hold resident memory past
+    /// its blocks (`purge_rest` gives it back): it was taken from memory used before (a dirty
+    /// page), or, a large block, shrunk in place or grown into dirty pages. Always within the
+    /// pages in use that start a small page or span, like `rest_purged`.
+    pub rest_dirty: u64,
+    /// Bit i set: a pass gave back the rest of the small page or span starting at page i, and
+    /// carving into it (`rest_carved`) or growing a large block into it (`rest_resized`) faults
+    /// it in again. Cleared once that is all taken back.
+    pub rest_purged: u64,
     /// For a huge segment: bytes mapped, and the block's current size (16-byte rounded).
     pub mapped: usize,
     pub huge_size: usize,
@@ -229,8 +238,9 @@ pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
 ///
 /// A page decommitted by a purge pass (`purged_pages`), or a small page some of whose OS pages
 /// were (`Page::purged`), holds instead when an automatic pass gave it back (0, "long ago", for
-/// a trim): taking it into use again soon after is a refault (see `purge::adapt_delay`). Nothing
-/// else reads the time of a page that is not free and dirty.
+/// a trim): taking it into use again soon after is a refault (see `purge::adapt_delay`). So does
+/// a small page or span whose rest past its blocks a pass gave back (`rest_purged`). Nothing else
+/// reads the time of a page that is not free and dirty.
 #[repr(C)]
 pub struct TouchTimes {
     pub page: [u64; PAGES_PER_SEGMENT],
@@ -405,6 +415,8 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             all: SegmentLinks::NONE,
             dirty_pages: 0,
             purged_pages: 0,
+            rest_dirty: 0,
+            rest_purged: 0,
             mapped: SEGMENT_SIZE,
             huge_size: 0,
             huge_heap: null_mut(),
@@ -466,6 +478,9 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize, kind: PageKind) 
         }
     };
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
+    if (*seg).dirty_pages & mask != 0 {
+        (*seg).rest_dirty |= 1 << idx;
+    }
     (*seg).free_pages &= !mask;
     (*seg).dirty_pages &= !mask;
     (*seg).purged_pages &= !mask;
@@ -487,6 +502,8 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
     debug_assert_eq!((*seg).free_pages & mask, 0);
     (*seg).free_pages |= mask;
     (*seg).dirty_pages |= mask;
+    (*seg).rest_dirty &= !mask;
+    (*seg).rest_purged &= !mask;
     (*seg).used_pages -= count as u32;
     (*page).kind = PageKind::Free;
     (*page).span = 0;
@@ -517,6 +534,9 @@ pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
     let mask = ((1u64 << extra) - 1) << end;
     if (*seg).free_pages & mask != mask {
         return false;
+    }
+    if (*seg).dirty_pages & mask != 0 {
+        (*seg).rest_dirty |= 1 << idx;
     }
     (*seg).free_pages &= !mask;
     (*seg).dirty_pages &= !mask;
@@ -586,11 +606,11 @@ fn os_pages_per_page() -> usize {
     PAGE_SIZE / os::page_size()
 }
 
-/// Give back the OS pages of a small page that hold only blocks of its free list (an OS page
-/// partly or wholly past the carved blocks is not given back: on a page taken from memory used
-/// before, that rest stays resident while the page lives), cutting those blocks out of its free list first — the list is linked through the blocks, so
-/// a link left in a purged OS page would read as zero afterwards. Returns the bytes given back;
-/// if any, the page's time becomes `stamp` (see `TouchTimes`).
+/// Give back the OS pages of a small page that hold only blocks of its free list, cutting those
+/// blocks out of its free list first — the list is linked through the blocks, so a link left in
+/// a purged OS page would read as zero afterwards. (OS pages wholly past the carved blocks are
+/// `purge_rest`'s.) Returns the bytes given back; if any, the page's time becomes `stamp` (see
+/// `TouchTimes`).
 ///
 /// # Safety
 /// `page` is a small page owned by the caller, with no remote frees pending for it that the
@@ -710,6 +730,96 @@ pub unsafe fn unpurge_page(page: *mut Page) -> bool {
     true
 }
 
+/// Give back the OS pages of a small page or large span (`rest_dirty`) that lie wholly past its
+/// blocks. On a small page that is the rest not yet cut into blocks, and the tail past the last
+/// block that no block ever uses (at least one OS page for classes whose blocks do not divide a
+/// page closely, 16 KiB for 24 KiB blocks); on a span, what its block does not reach (24 KiB of
+/// a 64 KiB span for a 40,000-byte block). No block or link lives there, so nothing is cut out
+/// of a list: carving or growing into it later faults the memory in again, zeroed (counted by
+/// `rest_carved` and `rest_resized`), and `Page::purged` stays as it is (else `unpurge_page`
+/// would list those blocks). Returns the bytes given back; if any of a rest that can be taken
+/// back was, the page's time becomes `stamp`.
+///
+/// # Safety
+/// `page` starts a small page or large span in use, owned by the caller.
+pub unsafe fn purge_rest(page: *mut Page, stamp: u64) -> usize {
+    let seg = segment_of(page as *const u8);
+    let bit = 1u64 << page_index(page);
+    if (*seg).rest_dirty & bit == 0 {
+        return 0;
+    }
+    let ps = os::page_size();
+    let bs = (*page).block_size as usize;
+    // What blocks use now (a small page's carved blocks, a span's block), what they can come to
+    // use (by carving, by growing in place), and the end.
+    let (used, reachable, end) = if (*page).kind == PageKind::Small {
+        let reserved = (*page).reserved as usize * bs;
+        ((*page).capacity as usize * bs, reserved, PAGE_SIZE)
+    } else {
+        let end = (*page).span as usize * PAGE_SIZE;
+        (bs, end, end)
+    };
+    let from = used.next_multiple_of(ps);
+    if from < end && !os::decommit(page_start(page).add(from), end - from) {
+        return 0; // still dirty; the next pass tries again
+    }
+    (*seg).rest_dirty &= !bit;
+    if from >= end {
+        return 0;
+    }
+    if from < reachable {
+        (*seg).rest_purged |= bit;
+        (*touch_times(seg)).page[page_index(page)] = stamp;
+    }
+    end - from
+}
+
+/// After carving small page `page` from `old_capacity` blocks on: the bytes of OS pages that
+/// carving took into use again after `purge_rest` gave them back (0 if it did not).
+///
+/// # Safety
+/// `page` is a small page in use, owned by the caller.
+pub unsafe fn rest_carved(page: *mut Page, old_capacity: u32) -> usize {
+    let seg = segment_of(page as *const u8);
+    let bit = 1u64 << page_index(page);
+    if (*seg).rest_purged & bit == 0 {
+        return 0;
+    }
+    if (*page).capacity == (*page).reserved {
+        (*seg).rest_purged &= !bit;
+    }
+    let ps = os::page_size();
+    let bs = (*page).block_size as usize;
+    let end = |blocks: u32| (blocks as usize * bs).next_multiple_of(ps);
+    end((*page).capacity) - end(old_capacity)
+}
+
+/// A large block resized in place from `old` to `new` bytes, in the span starting at `page`,
+/// which held `span_bytes` before the resize (a grown span, `extend_span`, more now): keeps the
+/// span's rest bits true, and returns the bytes the block grew into that `purge_rest` had given
+/// back. A block that shrank leaves its old end resident past its new one.
+///
+/// # Safety
+/// `page` starts a large span in use, owned by the caller.
+pub unsafe fn rest_resized(page: *mut Page, old: usize, new: usize, span_bytes: usize) -> usize {
+    let seg = segment_of(page as *const u8);
+    let bit = 1u64 << page_index(page);
+    let ps = os::page_size();
+    let (old_end, new_end) = (old.next_multiple_of(ps), new.next_multiple_of(ps));
+    if new_end < old_end {
+        (*seg).rest_dirty |= bit;
+        (*seg).rest_purged &= !bit;
+        return 0;
+    }
+    if (*seg).rest_purged & bit == 0 {
+        return 0;
+    }
+    if new_end >= span_bytes {
+        (*seg).rest_purged &= !bit;
+    }
+    new_end.min(span_bytes).saturating_sub(old_end)
+}
+
 /// Decommit the dirty free pages of a segment among `eligible` (bit i: page i), keeping the
 /// first `keep` bytes of them; returns the bytes given back. The pages decommitted join
 /// `purged_pages`, their time `stamp` (see `TouchTimes`).
@@ -783,7 +893,7 @@ static CARVE_BLOCKS: [u16; crate::size_class::NUM_CLASSES] = {
 
 /// Carve more untouched blocks of a small page into its free list: `CARVE_BLOCKS` of its class
 /// at a time, so a fresh page's memory is touched only as it is used (a page taken from memory
-/// used before is resident already). Returns how many (0: all carved).
+/// used before may be resident already, until `purge_rest`). Returns how many (0: all carved).
 ///
 /// # Safety
 /// `page` is a small page with an empty free list, owned by the caller.
@@ -833,6 +943,8 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             all: SegmentLinks::NONE,
             dirty_pages: 0,
             purged_pages: 0,
+            rest_dirty: 0,
+            rest_purged: 0,
             mapped,
             huge_size: huge_rounded(size),
             huge_heap: null_mut(),
