@@ -1683,19 +1683,28 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
     }
     // Memory past the blocks of small pages and large spans taken from memory used before (a
     // small page's uncarved rest and tail, a span's tail; `segment::purge_rest`), full pages'
-    // too. An automatic pass leaves the page each queue allocates from: its next blocks are
-    // carved from its rest.
+    // too. An automatic pass leaves the page each queue allocates from (its next blocks are
+    // carved from its rest), and gives back a rest only when the pass before found it too, a
+    // purge delay or more ago: a block that lives across one pass does not pay an madvise and
+    // the faults after it.
     let mut seg = (*h).all_segments;
     while !seg.is_null() {
         let mut pages = (*seg).rest_dirty;
         while pages != 0 {
-            let page = segment::page_at(seg, pages.trailing_zeros() as usize);
+            let i = pages.trailing_zeros() as usize;
             pages &= pages - 1;
-            let (d, c) = ((*page).domain as usize, (*page).class as usize);
-            let allocating = (*page).kind == PageKind::Small && *queue(h, d, c).first == page;
-            if mode != Mode::Auto || !allocating {
-                bytes += segment::purge_rest(page, stamp);
+            let page = segment::page_at(seg, i);
+            if mode == Mode::Auto {
+                let (d, c) = ((*page).domain as usize, (*page).class as usize);
+                if (*page).kind == PageKind::Small && *queue(h, d, c).first == page {
+                    continue;
+                }
+                if (*seg).rest_seen & (1 << i) == 0 {
+                    (*seg).rest_seen |= 1 << i;
+                    continue;
+                }
             }
+            bytes += segment::purge_rest(page, stamp);
         }
         seg = (*seg).all.next;
     }
@@ -1826,6 +1835,11 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         listed += (*seg).in_list as usize;
         let (dirty, purged) = ((*seg).rest_dirty, (*seg).rest_purged);
         assert_eq!(dirty & purged, 0, "a page's rest both dirty and purged");
+        assert_eq!(
+            (*seg).rest_seen & !dirty,
+            0,
+            "a rest seen that is not dirty"
+        );
         for i in 0..segment::PAGES_PER_SEGMENT {
             if (dirty | purged) & (1 << i) != 0 {
                 let page = segment::page_at(seg, i);

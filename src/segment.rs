@@ -121,6 +121,10 @@ pub struct SegmentHeader {
     /// page), or, a large block, shrunk in place or grown into dirty pages. Always within the
     /// pages in use that start a small page or span, like `rest_purged`.
     pub rest_dirty: u64,
+    /// Bit i set: an automatic pass found `rest_dirty` bit i set, and left it to the next pass:
+    /// like free pages, a rest goes back only once it has been left alone for the purge delay.
+    /// Always within `rest_dirty`.
+    pub rest_seen: u64,
     /// Bit i set: a pass gave back the rest of the small page or span starting at page i, and
     /// carving into it (`rest_carved`) or growing a large block into it (`rest_resized`) faults
     /// it in again. Cleared once that is all taken back.
@@ -416,6 +420,7 @@ pub fn new_segment(owner: *mut crate::heap::Heap) -> *mut SegmentHeader {
             dirty_pages: 0,
             purged_pages: 0,
             rest_dirty: 0,
+            rest_seen: 0,
             rest_purged: 0,
             mapped: SEGMENT_SIZE,
             huge_size: 0,
@@ -481,6 +486,7 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize, kind: PageKind) 
     if (*seg).dirty_pages & mask != 0 {
         (*seg).rest_dirty |= 1 << idx;
     }
+    (*seg).rest_seen &= !mask;
     (*seg).free_pages &= !mask;
     (*seg).dirty_pages &= !mask;
     (*seg).purged_pages &= !mask;
@@ -503,6 +509,7 @@ pub unsafe fn return_pages(page: *mut Page) -> bool {
     (*seg).free_pages |= mask;
     (*seg).dirty_pages |= mask;
     (*seg).rest_dirty &= !mask;
+    (*seg).rest_seen &= !mask;
     (*seg).rest_purged &= !mask;
     (*seg).used_pages -= count as u32;
     (*page).kind = PageKind::Free;
@@ -537,7 +544,9 @@ pub unsafe fn extend_span(page: *mut Page, extra: usize) -> bool {
     }
     if (*seg).dirty_pages & mask != 0 {
         (*seg).rest_dirty |= 1 << idx;
+        (*seg).rest_seen &= !(1 << idx);
     }
+    (*seg).rest_seen &= !mask;
     (*seg).free_pages &= !mask;
     (*seg).dirty_pages &= !mask;
     (*seg).purged_pages &= !mask;
@@ -764,6 +773,7 @@ pub unsafe fn purge_rest(page: *mut Page, stamp: u64) -> usize {
         return 0; // still dirty; the next pass tries again
     }
     (*seg).rest_dirty &= !bit;
+    (*seg).rest_seen &= !bit;
     if from >= end {
         return 0;
     }
@@ -808,6 +818,7 @@ pub unsafe fn rest_resized(page: *mut Page, old: usize, new: usize, span_bytes: 
     let (old_end, new_end) = (old.next_multiple_of(ps), new.next_multiple_of(ps));
     if new_end < old_end {
         (*seg).rest_dirty |= bit;
+        (*seg).rest_seen &= !bit;
         (*seg).rest_purged &= !bit;
         return 0;
     }
@@ -944,6 +955,7 @@ pub fn huge_alloc(size: usize, domain: u8) -> *mut u8 {
             dirty_pages: 0,
             purged_pages: 0,
             rest_dirty: 0,
+            rest_seen: 0,
             rest_purged: 0,
             mapped,
             huge_size: huge_rounded(size),
