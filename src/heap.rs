@@ -1224,8 +1224,7 @@ unsafe fn release_empty_page(h: *mut Heap, q: PageQueue, page: *mut Page) {
 unsafe fn release_pages(h: *mut Heap, page: *mut Page) {
     let seg = segment_of(page as *const u8);
     // Read now: nothing on the free path keeps a clock (a stale one would age the pages).
-    segment::touch(page, (*page).span as usize, purge::now_ms());
-    let empty = segment::return_pages(page);
+    let empty = segment::return_pages(page, purge::now_ms());
     if !(*seg).in_list {
         segment_list_push(h, seg);
     }
@@ -1674,7 +1673,8 @@ pub unsafe fn purge(h: *mut Heap, mode: Mode) -> usize {
         }
         while !page.is_null() {
             let per_os_page = (ps / (*page).block_size as usize).max(1) as u32;
-            let fresh = free_blocks(page).saturating_sub((*page).free_at_purge as u32);
+            let at_purge = ((*page).free_at_purge & !segment::REST_PURGED) as u32;
+            let fresh = free_blocks(page).saturating_sub(at_purge);
             if mode != Mode::Auto || fresh >= per_os_page {
                 bytes += purge_page(page, stamp);
             }
@@ -1834,25 +1834,31 @@ pub unsafe fn check_invariants(h: *mut Heap) {
         assert!((*seg).owner == h && (*seg).kind == SegmentKind::Pages);
         listed += (*seg).in_list as usize;
         let (dirty, purged) = ((*seg).rest_dirty, (*seg).rest_purged);
-        assert_eq!(dirty & purged, 0, "a page's rest both dirty and purged");
+        assert_eq!(dirty & purged, 0, "a span's rest both dirty and purged");
         assert_eq!(
             (*seg).rest_seen & !dirty,
             0,
             "a rest seen that is not dirty"
         );
-        for i in 0..segment::PAGES_PER_SEGMENT {
-            if (dirty | purged) & (1 << i) != 0 {
-                let page = segment::page_at(seg, i);
-                let kind = (*page).kind;
+        for i in 1..segment::PAGES_PER_SEGMENT {
+            let page = segment::page_at(seg, i);
+            let kind = (*page).kind;
+            if dirty & (1 << i) != 0 {
                 assert!(
                     kind == PageKind::Small || kind == PageKind::Large && (*page).span != 0,
                     "a rest bit on a page that starts no small page or span"
                 );
+            }
+            if purged & (1 << i) != 0 {
                 assert!(
-                    kind != PageKind::Small
-                        || purged & (1 << i) == 0
-                        || (*page).capacity < (*page).reserved,
-                    "rest purged on a page all carved"
+                    kind == PageKind::Large && (*page).span != 0,
+                    "a span's rest bit on a page that starts no span"
+                );
+            }
+            if kind == PageKind::Small && (*page).free_at_purge & segment::REST_PURGED != 0 {
+                assert!(
+                    dirty & (1 << i) == 0 && (*page).capacity < (*page).reserved,
+                    "a small page's rest purged while dirty, or all carved"
                 );
             }
         }

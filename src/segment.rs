@@ -119,15 +119,15 @@ pub struct SegmentHeader {
     /// Bit i set: the small page or large span starting at page i may hold resident memory past
     /// its blocks (`purge_rest` gives it back): it was taken from memory used before (a dirty
     /// page), or, a large block, shrunk in place or grown into dirty pages. Always within the
-    /// pages in use that start a small page or span, like `rest_purged`.
+    /// pages in use that start a small page or span.
     pub rest_dirty: u64,
     /// Bit i set: an automatic pass found `rest_dirty` bit i set, and left it to the next pass:
     /// like free pages, a rest goes back only once it has been left alone for the purge delay.
     /// Always within `rest_dirty`.
     pub rest_seen: u64,
-    /// Bit i set: a pass gave back the rest of the small page or span starting at page i, and
-    /// carving into it (`rest_carved`) or growing a large block into it (`rest_resized`) faults
-    /// it in again. Cleared once that is all taken back.
+    /// Bit i set: a pass gave back the rest of the large span starting at page i, and growing its
+    /// block into it (`rest_resized`) faults it in again. Cleared once that is all taken back.
+    /// (A small page's is `REST_PURGED`.)
     pub rest_purged: u64,
     /// For a huge segment: bytes mapped, and the block's current size (16-byte rounded).
     pub mapped: usize,
@@ -172,7 +172,8 @@ pub struct Page {
     /// OS pages of this page given back to the OS while its blocks there were free (bit k:
     /// bytes `k * os_page ..`). Blocks touching them are on no free list until `unpurge_page`.
     pub purged: u16,
-    /// Free blocks when the page was last purged (to rescan only once enough are freed).
+    /// Free blocks when the page was last purged (to rescan only once enough are freed), at most
+    /// 4,096; its top bit is `REST_PURGED`.
     pub free_at_purge: u16,
     /// Blocks cut out of the free list by purging: `used + |free| + purged_blocks == capacity`
     /// (at most 4,096 blocks fit a page).
@@ -181,6 +182,12 @@ pub struct Page {
     /// and its queue's index (`heap::QUEUE_STRIDE`), so the free fast path finds both with one load.
     pub counter: u16,
 }
+
+/// `Page::free_at_purge`'s top bit: a pass gave back this small page's uncarved rest
+/// (`purge_rest`), and carving into it faults it in again (`rest_carved`). Kept in the
+/// descriptor, which carving reads anyway, so that a carve reads no segment header line (a
+/// span's is `SegmentHeader::rest_purged`).
+pub const REST_PURGED: u16 = 0x8000;
 
 impl Page {
     /// The descriptor of a free page (no blocks, no span, in no queue).
@@ -243,7 +250,7 @@ pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
 /// A page decommitted by a purge pass (`purged_pages`), or a small page some of whose OS pages
 /// were (`Page::purged`), holds instead when an automatic pass gave it back (0, "long ago", for
 /// a trim): taking it into use again soon after is a refault (see `purge::adapt_delay`). So does
-/// a small page or span whose rest past its blocks a pass gave back (`rest_purged`). Nothing else
+/// a small page or span whose rest past its blocks a pass gave back (`REST_PURGED`, `rest_purged`). Nothing else
 /// reads the time of a page that is not free and dirty.
 #[repr(C)]
 pub struct TouchTimes {
@@ -331,21 +338,6 @@ pub fn remote_slot(page: *const Page) -> *mut RemoteSlot {
 pub fn page_index(page: *const Page) -> usize {
     let seg = page as usize & !(SEGMENT_SIZE - 1);
     (page as usize - seg - PAGES_OFFSET) / core::mem::size_of::<Page>()
-}
-
-/// Record that the `count` pages from `page` on were touched at `now`.
-///
-/// # Safety
-/// `page` is a descriptor of a live `Pages` segment of the caller's heap, and the `count` pages
-/// from it lie in that segment.
-#[inline(always)]
-pub unsafe fn touch(page: *const Page, count: usize, now: u64) {
-    let t = touch_times(segment_of(page as *const u8));
-    let idx = page_index(page);
-    for i in idx..idx + count {
-        (*t).page[i] = now;
-    }
-    (*t).latest = now;
 }
 
 /// The pages of `seg` among `pages` (bit i: page i) last touched at least `age` ms before `now`.
@@ -496,18 +488,40 @@ pub unsafe fn take_pages(seg: *mut SegmentHeader, count: usize, kind: PageKind) 
     page
 }
 
-/// Give the pages of `page`'s span back to its segment. Returns true if the segment is now empty.
+/// Give the pages of `page`'s span back to its segment, left alone from `now` (`TouchTimes`).
+/// Returns true if the segment is now empty. They go back dirty, but for those wholly past a
+/// rest that a pass gave back (`rest_purged`): those go back decommitted (`purged_pages`), with
+/// that pass's time, so that taking them again counts as a refault and no pass gives them back
+/// (and counts them) a second time.
 ///
 /// # Safety
 /// `page` is a descriptor of a live `Pages` segment, the start of a span of `span` pages in use.
-pub unsafe fn return_pages(page: *mut Page) -> bool {
+pub unsafe fn return_pages(page: *mut Page, now: u64) -> bool {
     let seg = segment_of(page as *const u8);
     let idx = page_index(page);
     let count = (*page).span as usize;
     let mask = (if count == 64 { !0 } else { (1u64 << count) - 1 }) << idx;
     debug_assert_eq!((*seg).free_pages & mask, 0);
+    // The pages wholly past the rest given back: from `idx + first` on (`idx + first < 64`).
+    let first = if (*seg).rest_purged & (1 << idx) != 0 {
+        rest_start(page).div_ceil(PAGE_SIZE)
+    } else {
+        count
+    };
+    let gone = if first < count {
+        mask & !((1u64 << (idx + first)) - 1)
+    } else {
+        0
+    };
+    let t = touch_times(seg);
+    let purged_ms = (*t).page[idx];
+    for i in idx..idx + count {
+        (*t).page[i] = if gone & (1 << i) != 0 { purged_ms } else { now };
+    }
+    (*t).latest = now;
     (*seg).free_pages |= mask;
-    (*seg).dirty_pages |= mask;
+    (*seg).dirty_pages |= mask & !gone;
+    (*seg).purged_pages |= gone;
     (*seg).rest_dirty &= !mask;
     (*seg).rest_seen &= !mask;
     (*seg).rest_purged &= !mask;
@@ -685,7 +699,7 @@ pub unsafe fn purge_page(page: *mut Page, stamp: u64) -> usize {
     (*page).free = kept;
     (*page).purged_blocks += cut as u16;
     (*page).purged = all_purged;
-    (*page).free_at_purge = free_blocks(page) as u16;
+    (*page).free_at_purge = free_blocks(page) as u16 | (*page).free_at_purge & REST_PURGED;
     // Only now, with no link left in them, give the OS pages back (adjacent ones together).
     let mut bytes = 0;
     let mut k = 0;
@@ -757,18 +771,16 @@ pub unsafe fn purge_rest(page: *mut Page, stamp: u64) -> usize {
     if (*seg).rest_dirty & bit == 0 {
         return 0;
     }
-    let ps = os::page_size();
     let bs = (*page).block_size as usize;
-    // What blocks use now (a small page's carved blocks, a span's block), what they can come to
-    // use (by carving, by growing in place), and the end.
-    let (used, reachable, end) = if (*page).kind == PageKind::Small {
-        let reserved = (*page).reserved as usize * bs;
-        ((*page).capacity as usize * bs, reserved, PAGE_SIZE)
+    // Where the rest starts, the end of what blocks can come to use (by carving, by growing in
+    // place), and the end.
+    let from = rest_start(page);
+    let (reachable, end) = if (*page).kind == PageKind::Small {
+        ((*page).reserved as usize * bs, PAGE_SIZE)
     } else {
         let end = (*page).span as usize * PAGE_SIZE;
-        (bs, end, end)
+        (end, end)
     };
-    let from = used.next_multiple_of(ps);
     if from < end && !os::decommit(page_start(page).add(from), end - from) {
         return 0; // still dirty; the next pass tries again
     }
@@ -778,10 +790,29 @@ pub unsafe fn purge_rest(page: *mut Page, stamp: u64) -> usize {
         return 0;
     }
     if from < reachable {
-        (*seg).rest_purged |= bit;
+        if (*page).kind == PageKind::Small {
+            (*page).free_at_purge |= REST_PURGED;
+        } else {
+            (*seg).rest_purged |= bit;
+        }
         (*touch_times(seg)).page[page_index(page)] = stamp;
     }
     end - from
+}
+
+/// Where the rest of a small page or span starts (`purge_rest`): the first OS page past its
+/// carved blocks, or past its large block.
+///
+/// # Safety
+/// `page` starts a small page or large span in use.
+unsafe fn rest_start(page: *mut Page) -> usize {
+    let bs = (*page).block_size as usize;
+    let used = if (*page).kind == PageKind::Small {
+        (*page).capacity as usize * bs
+    } else {
+        bs
+    };
+    used.next_multiple_of(os::page_size())
 }
 
 /// After carving small page `page` from `old_capacity` blocks on: the bytes of OS pages that
@@ -790,13 +821,11 @@ pub unsafe fn purge_rest(page: *mut Page, stamp: u64) -> usize {
 /// # Safety
 /// `page` is a small page in use, owned by the caller.
 pub unsafe fn rest_carved(page: *mut Page, old_capacity: u32) -> usize {
-    let seg = segment_of(page as *const u8);
-    let bit = 1u64 << page_index(page);
-    if (*seg).rest_purged & bit == 0 {
+    if (*page).free_at_purge & REST_PURGED == 0 {
         return 0;
     }
     if (*page).capacity == (*page).reserved {
-        (*seg).rest_purged &= !bit;
+        (*page).free_at_purge &= !REST_PURGED;
     }
     let ps = os::page_size();
     let bs = (*page).block_size as usize;
@@ -1082,10 +1111,10 @@ mod tests {
                 "the pages after a large span stay free"
             );
             assert_eq!((*span).span, 7);
-            assert!(!return_pages(span));
-            assert!(!return_pages(p));
-            assert!(!return_pages(small));
-            assert!(return_pages(page_at(seg, PAGES_PER_SEGMENT - 2)));
+            assert!(!return_pages(span, 0));
+            assert!(!return_pages(p, 0));
+            assert!(!return_pages(small, 0));
+            assert!(return_pages(page_at(seg, PAGES_PER_SEGMENT - 2), 0));
             release_segment(seg);
         }
     }

@@ -1769,6 +1769,20 @@ fn a_large_span_gives_back_what_a_resize_in_place_leaves_resident() {
         assert_eq!(*p.add(small - 1), 2);
         heap::check_invariants(h);
         heap::free(h, p);
+        // Freed, the span's page wholly past what the pass gave back, [192, 256) KiB, goes back
+        // decommitted, not dirty: no pass gives it back a second time, and taking it again is a
+        // refault.
+        let seg = segment::segment_of(p);
+        let gone = 1u64 << (segment::page_index(segment::page_of(p)) + 3);
+        assert_eq!(
+            ((*seg).purged_pages & gone, (*seg).dirty_pages & gone),
+            (gone, 0)
+        );
+        heap::check_invariants(h);
+        let before = (*h).recent_refaulted;
+        assert_eq!(heap::alloc(h, big, MEM), p);
+        assert!((*h).recent_refaulted - before >= P as u64);
+        heap::free(h, p);
         heap::free(h, keep);
 
         // Grown: a fresh one-page span, then three pages after it written and freed.
