@@ -250,8 +250,8 @@ pub fn page_at(seg: *mut SegmentHeader, idx: usize) -> *mut Page {
 /// A page decommitted by a purge pass (`purged_pages`), or a small page some of whose OS pages
 /// were (`Page::purged`), holds instead when an automatic pass gave it back (0, "long ago", for
 /// a trim): taking it into use again soon after is a refault (see `purge::adapt_delay`). So does
-/// a small page or span whose rest past its blocks a pass gave back (`REST_PURGED`, `rest_purged`). Nothing else
-/// reads the time of a page that is not free and dirty.
+/// a small page or span whose rest past its blocks a pass gave back (`REST_PURGED`,
+/// `rest_purged`). Nothing else reads the time of a page that is not free and dirty.
 #[repr(C)]
 pub struct TouchTimes {
     pub page: [u64; PAGES_PER_SEGMENT],
@@ -846,6 +846,8 @@ pub unsafe fn rest_resized(page: *mut Page, old: usize, new: usize, span_bytes: 
     let ps = os::page_size();
     let (old_end, new_end) = (old.next_multiple_of(ps), new.next_multiple_of(ps));
     if new_end < old_end {
+        // `return_pages` trusts `rest_purged` to mean that all past the block's end is
+        // decommitted, which the shrunk block's old end is not: the bit must go.
         (*seg).rest_dirty |= bit;
         (*seg).rest_seen &= !bit;
         (*seg).rest_purged &= !bit;

@@ -1811,3 +1811,60 @@ fn a_large_span_gives_back_what_a_resize_in_place_leaves_resident() {
         heap::free(h, keep);
     }
 }
+
+/// A small page's mark that its rest was given back (`segment::REST_PURGED`, in the top bit of
+/// `Page::free_at_purge`) survives `purge_page`, which rewrites the count below it, so that
+/// carving into the rest later still counts a refault (a review's probe: dropping the bit in
+/// `purge_page` passed every other test).
+#[test]
+fn a_small_pages_rest_mark_survives_a_purge_of_its_blocks() {
+    let _g = serial();
+    let _settings = PurgeSettings::set(true, 0, 0);
+    let ps = os::page_size();
+    let refaulted = || purge::REFAULTED_BYTES.load(core::sync::atomic::Ordering::Relaxed);
+    unsafe {
+        let h = private_heap();
+        (*h).next_purge_ms = u64::MAX;
+        let (page, other) = released_dirty_page(h);
+        // 16 blocks of 1 KiB carved (one carve), the rest of the page given back by a trim.
+        let mut v: Vec<*mut u8> = (0..16).map(|_| heap::alloc(h, 1024, MEM)).collect();
+        assert!(v.iter().all(|&b| segment::page_of(b) == page));
+        assert_eq!((*page).capacity, 16);
+        heap::purge(h, purge::Mode::Trim);
+        assert_ne!((*page).free_at_purge & segment::REST_PURGED, 0);
+        // The blocks of the first OS page freed and given back by `purge_page`.
+        for b in v.drain(..ps / 1024) {
+            heap::free(h, b);
+        }
+        assert_eq!(heap::purge(h, purge::Mode::Trim), ps);
+        assert_eq!((*page).purged, 1);
+        let mark = (*page).free_at_purge;
+        assert_ne!(
+            mark & segment::REST_PURGED,
+            0,
+            "the mark lost by purge_page"
+        );
+        assert_eq!(
+            (mark & !segment::REST_PURGED) as u32,
+            segment::free_blocks(page)
+        );
+        heap::check_invariants(h);
+        // Taking the OS page back and carving into the rest both count.
+        let before = refaulted();
+        for _ in 0..ps / 1024 + 1 {
+            let b = heap::alloc(h, 1024, MEM);
+            assert_eq!(segment::page_of(b), page);
+            core::ptr::write_bytes(b, 9, 1024);
+            v.push(b);
+        }
+        assert!(
+            refaulted() - before >= 2 * ps as u64,
+            "carving into the rest not counted"
+        );
+        heap::check_invariants(h);
+        for b in v {
+            heap::free(h, b);
+        }
+        heap::free(h, other);
+    }
+}
