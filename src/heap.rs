@@ -494,10 +494,7 @@ unsafe extern "C" fn alloc_small_slower(h: *mut Heap, class: usize, domain: usiz
                 }
                 let os_pages = (*page).purged.count_ones() as usize;
                 if unpurge_page(page) {
-                    let t = segment::touch_times(segment_of(page as *const u8));
-                    let purged_ms = (*t).page[segment::page_index(page)];
-                    let bytes = os_pages * crate::os::page_size();
-                    count_refault(h, bytes, purged_ms, purge::now_ms());
+                    count_page_refault(h, page, os_pages * crate::os::page_size());
                     return pop(h, page, class, domain);
                 }
             }
@@ -538,16 +535,17 @@ unsafe fn carve(h: *mut Heap, page: *mut Page) -> bool {
     let before = (*page).capacity;
     let n = extend_free_list(page);
     (*h).counters.carved[(*page).domain as usize][(*page).class as usize].add(n as u64);
-    count_rest_refault(h, page, segment::rest_carved(page, before));
+    count_page_refault(h, page, segment::rest_carved(page, before));
     n != 0
 }
 
-/// Count `bytes` of the rest of `page` (a small page or large span) that `segment::purge_rest`
-/// gave back, taken into use again.
+/// Count `bytes` of `page` (a small page or large span in use) that a pass gave back (its OS
+/// pages of free blocks, `purge_page`, or its rest, `segment::purge_rest`), taken into use
+/// again; the pass's time is the page's (see `segment::TouchTimes`).
 ///
 /// # Safety
 /// The caller is `h`'s owner; `page` starts a small page or span of `h`.
-unsafe fn count_rest_refault(h: *mut Heap, page: *mut Page, bytes: usize) {
+unsafe fn count_page_refault(h: *mut Heap, page: *mut Page, bytes: usize) {
     if bytes != 0 {
         let t = segment::touch_times(segment_of(page as *const u8));
         let purged_ms = (*t).page[segment::page_index(page)];
@@ -1300,7 +1298,7 @@ pub unsafe fn realloc(h: *mut Heap, p: *mut u8, size: usize, domain: usize) -> *
                 if fits || grown {
                     let rounded = segment::huge_rounded(size);
                     let refaulted = segment::rest_resized(page, old_size, rounded, capacity);
-                    count_rest_refault(h, page, refaulted);
+                    count_page_refault(h, page, refaulted);
                     count_large_resize(h, (*page).domain as usize, old_size, rounded);
                     (*page).block_size = rounded as u32;
                     vg::resized_in_place(p, old_size, size);
